@@ -1,0 +1,3 @@
+from hpload.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""hpload.scenarios."""

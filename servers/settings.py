@@ -1,0 +1,94 @@
+"""Typed settings for every kind of server hpload can drive, picked by their ``kind`` field.
+
+Scenario files embed these tables verbatim, so unknown keys are errors (``extra="forbid"``): a typo must fail
+before any process starts, naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class VllmSettings(_Strict):
+    """vLLM's OpenAI-compatible server, started as ``python -m vllm.entrypoints.openai.api_server``."""
+
+    kind: Literal["vllm"] = "vllm"
+    label: str = "vllm"
+    model: str | None = None  # a local directory; None = the embedded tiny model
+    served_model_name: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = Field(default=None, gt=0)
+    max_num_seqs: int | None = Field(default=None, gt=0)
+    max_num_batched_tokens: int | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    data_parallel_size: int = Field(default=1, ge=1)
+    block_size: int | None = Field(default=None, gt=0)
+    enable_prefix_caching: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    load_format: str | None = None  # "dummy" gives a real architecture with random weights
+    seed: int | None = None
+    extra_args: list[str] = Field(default_factory=list)  # any other vLLM flag, passed through as given
+    env: dict[str, str] = Field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)  # None = a free port
+    api_key: SecretStr | None = None
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class HFSettings(_Strict):
+    """hpload's own OpenAI-compatible server around a HuggingFace transformers model (``hpload serve hf``)."""
+
+    kind: Literal["hf"] = "hf"
+    label: str = "hf"
+    model: str | None = None  # None = the embedded tiny model
+    served_model_name: str | None = None
+    mode: Literal["pipeline", "continuous"] = "pipeline"
+    batch_size: int = Field(default=8, ge=1)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0)
+    dtype: str = "auto"
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; None = cuda when present, else cpu
+    device_map: str | None = None  # e.g. "auto" to spread a model over several GPUs
+    max_new_tokens_limit: int = Field(default=4096, ge=1)
+    load_format: Literal["auto", "dummy"] = "auto"  # dummy = random weights from config.json (from_config)
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    startup_timeout_s: float = Field(default=300.0, gt=0)
+
+
+class EchoSettings(_Strict):
+    """The calibration server: streams a set number of tokens at a set TTFT and inter-token delay."""
+
+    kind: Literal["echo"] = "echo"
+    label: str = "echo"
+    ttft_ms: float = Field(default=20.0, ge=0)
+    itl_ms: float = Field(default=5.0, ge=0)
+    output_tokens: int = Field(default=64, ge=1)  # used when a request sets no max_tokens
+    served_model_name: str = "echo"
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    startup_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ExternalSettings(_Strict):
+    """An OpenAI-compatible server hpload does not manage: it only attaches to the URL."""
+
+    kind: Literal["external"] = "external"
+    label: str = "external"
+    url: str  # base URL, e.g. http://127.0.0.1:8000
+    model: str | None = None  # None = the first id from /v1/models
+    api_key: SecretStr | None = None
+    metrics_url: str | None = None  # default: URL/metrics when it answers
+    startup_timeout_s: float = Field(default=30.0, gt=0)
+
+
+ServerSettings = Annotated[VllmSettings | HFSettings | EchoSettings | ExternalSettings, Field(discriminator="kind")]
