@@ -1,0 +1,105 @@
+"""Headless progress: one status line per point that redraws in place on a terminal, and sparse plain lines
+(every few seconds) when output goes to a file or a pipe, so CI logs stay readable."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from hpload.loadgen.snapshot import Snapshot
+from hpload.scenarios.points import Point
+from hpload.scenarios.results import PointRecord
+from hpload.servers.settings import ServerSettings
+
+_BAR = 24
+
+
+def _bar(fraction: float) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * _BAR))
+    return "[" + "#" * filled + "." * (_BAR - filled) + "]"
+
+
+def describe(point: Point) -> str:
+    settings = " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in point.settings.items())
+    repeat = f" repeat {point.repeat + 1}" if point.repeat else ""
+    return f"{point.label}{' ' + settings if settings else ''}{repeat}"
+
+
+class ConsoleProgress:
+    """Both a ``RunListener`` and a load-generator ``Observer``."""
+
+    def __init__(self, stream: TextIO | None = None, *, plain_interval_s: float = 5.0, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.quiet = quiet
+        self._plain_interval_s = plain_interval_s
+        self._last_plain = 0.0
+        self._total_requests: int | None = None
+        self._total_s: float | None = None
+        self._prefix = ""
+        self._dirty = False
+
+    def _write_line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._dirty:
+            self.stream.write("\r\x1b[2K")
+            self._dirty = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def server_starting(self, settings: ServerSettings) -> None:
+        extra = " (vLLM takes a minute or two on a CPU)" if settings.kind == "vllm" else ""
+        self._write_line(f"starting server {settings.label} ({settings.kind}){extra} ...")
+
+    def point_started(self, index: int, total: int, point: Point) -> None:
+        self._prefix = f"[{index}/{total}] {describe(point)}"
+        self._total_requests = point.load.num_requests
+        self._total_s = point.load.measure_s
+        self._last_plain = 0.0
+        self._write_line(f"{self._prefix}: measuring")
+
+    def point_finished(self, index: int, total: int, record: PointRecord, skipped: bool) -> None:
+        if skipped:
+            self._write_line(f"[{index}/{total}] {record.point_id}: already finished, skipped")
+            return
+        if not record.ok:
+            self._write_line(f"[{index}/{total}] {record.label}: FAILED: {record.error}")
+            return
+        s = record.summary
+        self._write_line(
+            f"[{index}/{total}] {record.label}: done  {s.get('completed', 0)} req  "
+            f"{float(s.get('output_throughput') or 0):.1f} out tok/s  "
+            f"p99 ttft {float(s.get('p99_ttft_ms') or 0):.1f} ms  p99 tpot {float(s.get('p99_tpot_ms') or 0):.2f} ms"
+            + (f"  failed {s.get('failed')}" if s.get("failed") else "")
+        )
+
+    def __call__(self, snap: Snapshot) -> None:
+        if self.quiet or snap.done:
+            return
+        if self._total_requests:
+            fraction = snap.requests_completed / self._total_requests
+        elif self._total_s:
+            fraction = snap.elapsed_s / self._total_s
+        else:
+            fraction = 0.0
+        ttft = snap.metrics.get("ttft")
+        health = snap.health
+        text = (
+            f"{self._prefix} {_bar(fraction)} {snap.phase} {snap.requests_completed} done "
+            f"{snap.in_flight} in flight  {snap.output_token_rate:.0f} tok/s"
+            + (f"  p99 ttft {ttft.p99_ms:.0f} ms" if ttft and ttft.count else "")
+            + (f"  errors {snap.requests_failed}" if snap.requests_failed else "")
+            + (f"  CLIENT BUSY: {health.warning}" if health and health.bottleneck and health.warning else "")
+        )
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text[:200])
+            self.stream.flush()
+            self._dirty = True
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= self._plain_interval_s:
+            self._last_plain = now
+            self.stream.write(text + "\n")
+            self.stream.flush()

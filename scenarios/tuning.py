@@ -1,0 +1,227 @@
+"""Optuna ask/tell around any objective: live servers (``hpload tune``) or a recorded landscape (replay).
+
+The outer loop owns the measurement, because a trial may need a server restarted with new settings; Optuna only
+proposes points and learns from outcomes. SLOs are constraints (``trial.set_constraint``, <= 0 is feasible), and a
+trial that crashed or ran out of memory is told as infeasible rather than failed, so the sampler learns to avoid
+that region instead of proposing it again. A point already measured is answered from memory: on a real server a
+repeat costs minutes and tells the sampler nothing new.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from hpload.scenarios.space import ParamSpec, Scalar, decode_params, encode_params
+
+from hpload.errors import HploadError
+
+if TYPE_CHECKING:
+    import optuna
+
+SamplerName = Literal["tpe", "gp", "random", "grid"]
+SAMPLERS: tuple[str, ...] = ("tpe", "gp", "random", "grid")
+FAILED_KEY = "failed"  # the constraint that marks a crashed / out-of-memory trial
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one measured point gave. ``value`` is None when the point failed (crash, OOM, server error)."""
+
+    value: float | None
+    constraints: Mapping[str, float] = field(default_factory=dict)  # name -> excess over the limit; <= 0 meets it
+    error: str | None = None
+    result_path: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.value is None or (isinstance(self.value, float) and math.isnan(self.value))
+
+    @property
+    def feasible(self) -> bool:
+        return not self.failed and all(v <= 0 for v in self.constraints.values())
+
+
+@dataclass
+class Proposal:
+    trial: Any  # optuna.Trial; Any so this module imports without Optuna
+    params: dict[str, Scalar]  # decoded setting values, keyed like the space ("server.max_num_seqs")
+
+    @property
+    def key(self) -> tuple[tuple[str, Scalar], ...]:
+        return tuple(sorted(self.params.items()))
+
+
+def make_sampler(
+    name: str,
+    space: Mapping[str, ParamSpec],
+    *,
+    seed: int | None = None,
+    n_startup_trials: int | None = None,
+) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    if name == "tpe":
+        # multivariate TPE models the interaction of batch size and parallelism (their peaks move together);
+        # a short random start leaves more of a small budget to the model.
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=4 if n_startup_trials is None else n_startup_trials,
+            multivariate=True,
+            group=True,
+        )
+    if name == "gp":
+        return optuna.samplers.GPSampler(
+            seed=seed,
+            n_startup_trials=4 if n_startup_trials is None else n_startup_trials,
+            deterministic_objective=False,
+            warn_independent_sampling=False,
+        )
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        grid = {key: [spec.encode(v) for v in spec.grid()] for key, spec in space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    raise HploadError(f"tune.sampler: unknown sampler '{name}'; fix: use one of {', '.join(SAMPLERS)}")
+
+
+def _distribution(spec: ParamSpec) -> optuna.distributions.BaseDistribution:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if spec.values is not None:
+        return IntDistribution(0, len(spec.values) - 1)
+    if spec.choices is not None:
+        return CategoricalDistribution(spec.choices)
+    assert spec.low is not None and spec.high is not None
+    if spec.is_int:
+        return IntDistribution(int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1))
+    return FloatDistribution(float(spec.low), float(spec.high), log=spec.log, step=spec.step)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Tuner:
+    """One study: ``ask()`` a point, measure it, ``tell()`` the outcome; resumable through ``storage``."""
+
+    def __init__(
+        self,
+        space: Mapping[str, ParamSpec],
+        *,
+        sampler: str = "tpe",
+        seed: int | None = None,
+        storage: str | None = None,
+        study_name: str = "hpload",
+        defaults: list[dict[str, Scalar]] | None = None,
+        n_startup_trials: int | None = None,
+    ) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if not space:
+            raise HploadError("tune.space: empty; fix: add at least one [tune.space.server.X] or [tune.space.load.X]")
+        self.space = dict(space)
+        self._distributions = {key: _distribution(spec) for key, spec in self.space.items()}
+        self.sampler_name = sampler
+        self.study = optuna.create_study(
+            storage=storage,
+            sampler=make_sampler(sampler, self.space, seed=seed, n_startup_trials=n_startup_trials),
+            study_name=study_name,
+            direction="maximize",
+            load_if_exists=True,
+        )
+        self._memory: dict[tuple[tuple[str, Scalar], ...], Outcome] = {}
+        self._recover_stale()
+        for point in defaults or []:
+            # skip_if_exists keeps a resumed or shared study from measuring the defaults twice.
+            self.study.enqueue_trial(encode_params(self.space, point), skip_if_exists=True)
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state.name == "COMPLETE" and "outcome" in trial.user_attrs:
+                params = decode_params(self.space, trial.params)
+                self._memory[tuple(sorted(params.items()))] = _outcome_from_attrs(trial.user_attrs["outcome"])
+
+    def _recover_stale(self) -> None:
+        """Trials this host started in a process that is gone (killed mid-measurement) are failed and re-queued."""
+        from optuna.trial import TrialState
+
+        host = socket.gethostname()
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = str(trial.user_attrs.get("owner", ""))
+            owner_host, _, pid = owner.rpartition(":")
+            if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            if trial.params:
+                self.study.enqueue_trial(dict(trial.params), skip_if_exists=True)
+
+    @property
+    def n_complete(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def ask(self) -> Proposal:
+        trial = self.study.ask(self._distributions)
+        trial.set_user_attr("owner", _owner())
+        return Proposal(trial=trial, params=decode_params(self.space, trial.params))
+
+    def remembered(self, proposal: Proposal) -> Outcome | None:
+        return self._memory.get(proposal.key)
+
+    def tell(self, proposal: Proposal, outcome: Outcome) -> None:
+        trial = proposal.trial
+        trial.set_user_attr("outcome", _outcome_to_attrs(outcome))
+        trial.set_user_attr("settings", {k: v for k, v in proposal.params.items()})
+        for name, excess in outcome.constraints.items():
+            trial.set_constraint(name, float(excess))
+        # A failed point is infeasible with the worst throughput, so TPE files it with the bad group and GP's
+        # feasibility model learns the out-of-memory edge.
+        trial.set_constraint(FAILED_KEY, 1.0 if outcome.failed else 0.0)
+        value = 0.0 if outcome.failed else float(outcome.value)  # type: ignore[arg-type]
+        self.study.tell(trial, value)
+        self._memory[proposal.key] = outcome
+
+    def best(self) -> tuple[dict[str, Scalar], float] | None:
+        """The best feasible point told so far, by anyone sharing the study."""
+        from optuna.trial import TrialState
+
+        best: tuple[dict[str, Scalar], float] | None = None
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if any(v > 0 for v in trial.constraints.values()) or trial.value is None:
+                continue
+            if best is None or trial.value > best[1]:
+                best = (decode_params(self.space, trial.params), float(trial.value))
+        return best
+
+
+def _outcome_to_attrs(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "value": outcome.value,
+        "constraints": dict(outcome.constraints),
+        "error": outcome.error,
+        "result_path": outcome.result_path,
+    }
+
+
+def _outcome_from_attrs(attrs: Mapping[str, Any]) -> Outcome:
+    return Outcome(
+        value=attrs.get("value"),
+        constraints=dict(attrs.get("constraints") or {}),
+        error=attrs.get("error"),
+        result_path=attrs.get("result_path"),
+    )
