@@ -1,0 +1,212 @@
+"""The one interface every server kind shares, and the common part of the ones hpload runs as subprocesses.
+
+Lifecycle: ``start()`` spawns, ``wait_ready()`` waits for a real completion (a ``/health`` 200 alone is not enough:
+vLLM answers it before its engine has failed), ``stop()`` tears the process group down. As an async context
+manager, entering does start + wait_ready and exiting does stop, also when start-up fails.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from hpload import procs
+from hpload.errors import ServerError, one_line
+
+# Lines that usually name why a Python server died; the last one wins.
+_CAUSE_RE = re.compile(r"\b(\w+(Error|Exception|Exit)|Traceback|error:|Killed|CUDA out of memory)", re.IGNORECASE)
+
+
+class Server(abc.ABC):
+    """A running (or attachable) OpenAI-compatible server."""
+
+    label: str
+    model: str
+    api_key: str | None = None
+    metrics_url: str | None = None
+    log_path: Path | None = None
+    startup_timeout_s: float = 60.0
+
+    def __init__(self) -> None:
+        self._base_url: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            raise ServerError(f"server {self.label}: base_url is not known before start(); fix: start it first")
+        return self._base_url
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def wait_ready(self, timeout_s: float | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
+    @property
+    def returncode(self) -> int | None:
+        return None
+
+    def log_tail(self, n: int = 40) -> str:
+        return procs.tail_file(self.log_path, n)
+
+    def pids(self) -> list[int]:
+        return []
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def check(self) -> None:
+        """Raise :class:`ServerError` (with the cause and log tail) if the server has died."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        try:
+            await self.wait_ready(self.startup_timeout_s)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def death_cause(log_tail: str) -> str:
+    """The last log line that looks like the reason a process died, or a neutral phrase."""
+    for line in reversed(log_tail.splitlines()):
+        if _CAUSE_RE.search(line) and "Traceback" not in line:
+            return one_line(line.strip(), 200)
+    return "no error line in its log"
+
+
+async def probe_completion(client: httpx.AsyncClient, base_url: str, model: str, headers: dict[str, str]) -> str | None:
+    """One real 1-token completion. Returns None when it worked, else a short reason."""
+    try:
+        health = await client.get(f"{base_url}/health", headers=headers)
+        if health.status_code != 200:
+            return f"/health answered {health.status_code}"
+        resp = await client.post(
+            f"{base_url}/v1/completions",
+            json={"model": model, "prompt": "hello", "max_tokens": 1, "temperature": 0},
+            headers=headers,
+        )
+    except httpx.HTTPError as err:
+        return f"{type(err).__name__}: {err}"
+    if resp.status_code != 200:
+        return f"completion answered {resp.status_code}: {one_line(resp.text, 200)}"
+    try:
+        usage = resp.json().get("usage") or {}
+    except ValueError:
+        return "completion answered with a body that is not JSON"
+    if int(usage.get("completion_tokens") or 0) < 1:
+        return "completion produced no token"
+    return None
+
+
+class ProcessServer(Server):
+    """A server hpload spawns: a free loopback port, a process group, a log file, and readiness by completion."""
+
+    host: str = "127.0.0.1"
+
+    def __init__(self, *, label: str, port: int | None, workdir: Path | None, startup_timeout_s: float) -> None:
+        super().__init__()
+        self.label = label
+        self._port = port
+        self._workdir = workdir
+        self.startup_timeout_s = startup_timeout_s
+        self._child: procs.Child | None = None
+        self._stopping = False
+
+    @abc.abstractmethod
+    def argv(self, port: int) -> list[str]:
+        """The command line, an argument list."""
+
+    def env(self) -> dict[str, str] | None:
+        """Environment overrides (merged over os.environ), or None for none."""
+        return None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ServerError(f"server {self.label}: port is not known before start()")
+        return self._port
+
+    async def start(self) -> None:
+        if self._child is not None:
+            raise ServerError(f"server {self.label}: already started")
+        port = self._port or free_port(self.host)
+        self._port = port
+        workdir = self._workdir or Path(tempfile.mkdtemp(prefix="hpload-"))
+        self.log_path = workdir / f"{self.label}-{port}.log"
+        env = dict(os.environ)
+        env.update(self.env() or {})
+        self._child = procs.spawn(self.argv(port), log_path=self.log_path, env=env)
+        self._base_url = f"http://{self.host}:{port}"
+        self.metrics_url = f"{self._base_url}/metrics"
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        timeout_s = self.startup_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        last_reason = "not probed yet"
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0), trust_env=False) as client:
+            while True:
+                self.check()
+                last_reason = await probe_completion(client, self.base_url, self.model, self.headers()) or ""
+                if not last_reason:
+                    return
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"server {self.label}: not ready after {timeout_s:.0f} s ({last_reason}); fix: raise "
+                        f"startup_timeout_s or read the log {self.log_path}; last log lines:\n{self.log_tail(15)}"
+                    )
+                await asyncio.sleep(0.5)
+
+    def check(self) -> None:
+        child = self._child
+        if child is None or child.alive():
+            return
+        tail = child.log_tail(20)
+        raise ServerError(
+            f"server {self.label} exited with code {child.returncode}: {death_cause(tail)}; "
+            f"log {self.log_path}; last log lines:\n{tail}"
+        )
+
+    async def stop(self) -> None:
+        if self._child is not None:
+            self._stopping = True
+            await self._child.aterminate()
+
+    def alive(self) -> bool:
+        return self._child is not None and self._child.alive()
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._child is None else self._child.returncode
+
+    def pids(self) -> list[int]:
+        return [] if self._child is None else self._child.pids()

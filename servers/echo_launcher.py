@@ -1,0 +1,38 @@
+"""The echo calibration server (``hpload.servers.echo``) as a supervised subprocess, like every other server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hpload.servers.base import ProcessServer
+from hpload.servers.settings import EchoSettings
+
+API_KEY_ENV = "HPLOAD_API_KEY"
+
+
+def echo_argv(settings: EchoSettings, port: int) -> list[str]:
+    s = settings
+    return [
+        sys.executable, "-m", "hpload.servers.echo",
+        "--host", s.host, "--port", str(port),
+        "--ttft-ms", str(s.ttft_ms), "--itl-ms", str(s.itl_ms),
+        "--output-tokens", str(s.output_tokens), "--model", s.served_model_name,
+    ]
+
+
+class EchoServer(ProcessServer):
+    def __init__(self, settings: EchoSettings, *, workdir: Path | None = None) -> None:
+        super().__init__(
+            label=settings.label, port=settings.port, workdir=workdir, startup_timeout_s=settings.startup_timeout_s
+        )
+        self.settings = settings
+        self.host = settings.host
+        self.model = settings.served_model_name
+        self.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+
+    def argv(self, port: int) -> list[str]:
+        argv = echo_argv(self.settings, port)
+        if self.api_key:
+            argv += ["--api-key", self.api_key]
+        return argv

