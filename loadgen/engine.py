@@ -1,13 +1,51 @@
-"""Drives one run: schedules requests, records them, publishes snapshots."""
+"""Drives one run in this process: sends on a schedule (open loop) or per slot (closed loop), records each request,
+publishes snapshots, and watches for stalled requests.
+
+``run_load`` is the entry point; with ``load.workers > 1`` it hands over to :mod:`hpload.loadgen.workers`, whose
+processes each run a :class:`LoadRun` on their share of the same load.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from time import perf_counter_ns
+from typing import IO, Any
 
+import httpx2 as httpx
+from hpload.loadgen import prom
+from hpload.loadgen.client import RequestRecord, send_request
+from hpload.loadgen.health import HealthMonitor
+from hpload.loadgen.recorder import Recorder
 from hpload.loadgen.result import RunResult
+from hpload.loadgen.schedule import closed_loop_levels, open_loop_schedule
 from hpload.loadgen.snapshot import Observer
 from hpload.loadgen.specs import SLO, LoadSpec, Target, WorkloadSpec
+from hpload.loadgen.workload import PreparedRequest, build_requests, endpoint_path
+
+log = logging.getLogger(__name__)
+
+STREAMS_PER_CLIENT = 32  # connections per httpx client: its pool scans every connection per request
+WATCHDOG_PERIOD_S = 0.1
+
+
+@dataclass(frozen=True)
+class Share:
+    """This process's part of the load: open-loop sends ``i`` with ``i % count == index``, closed-loop slots likewise,
+    and its part of the request counts."""
+
+    index: int = 0
+    count: int = 1
+
+    def split(self, n: int) -> int:
+        return n // self.count + (1 if self.index < n % self.count else 0)
 
 
 async def run_load(
@@ -21,4 +59,298 @@ async def run_load(
     stop: asyncio.Event | None = None,
     requests_path: Path | None = None,
 ) -> RunResult:
-    raise NotImplementedError("landing in the next commit")
+    """Run one load against one target and return the result (also when ``stop`` ends it early).
+
+    ``observer`` receives a :class:`~hpload.loadgen.snapshot.Snapshot` every ``snapshot_interval_s`` and a final one
+    with ``phase == "done"``. ``requests_path`` gets one JSON line per request (one file per worker process).
+    """
+    metrics_url = target.metrics_url or target.base_url.rstrip("/") + "/metrics"
+    headers = auth_headers(target)
+    before = await prom.scrape(metrics_url, headers)
+    if load.workers > 1:
+        from hpload.loadgen.workers import run_workers
+
+        result = await run_workers(
+            target, workload, load, slo=slo, observer=observer, snapshot_interval_s=snapshot_interval_s,
+            stop=stop, requests_path=requests_path,
+        )  # fmt: skip
+    else:
+        requests = await asyncio.to_thread(build_requests, workload, target)
+        run = LoadRun(target, workload, load, requests, slo=slo, requests_path=requests_path)
+        result = await run.execute(observer=observer, snapshot_interval_s=snapshot_interval_s, stop=stop)
+    after = await prom.scrape(metrics_url, headers) if before is not None else None
+    result.server_metrics = prom.server_side(before, after)
+    gap = prom.ttft_gap_warning(float(result.summary.get("mean_ttft_ms", 0.0)), result.server_metrics)
+    if gap:
+        result.warnings.append(gap)
+    return result
+
+
+def auth_headers(target: Target) -> dict[str, str]:
+    return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+
+
+def run_config(target: Target, workload: WorkloadSpec, load: LoadSpec, slo: SLO | None) -> dict[str, Any]:
+    return {
+        "target": {"base_url": target.base_url, "model": target.model, "label": target.label},
+        "workload": workload.model_dump(mode="json"),
+        "load": load.model_dump(mode="json"),
+        "slo": slo.model_dump(mode="json", exclude_none=True) if slo else None,
+        "request_rate": load.rate if load.rate is not None else ("steps" if load.open_loop else "inf"),
+        "max_concurrency": load.peak_concurrency if not load.open_loop else load.max_concurrency,
+        "burstiness": load.burstiness,
+    }
+
+
+def make_clients(load: LoadSpec, streams: int) -> list[httpx.AsyncClient]:
+    """Sharded clients: httpx's pool does work per connection on every request, so small pools scale better."""
+    shards = max(1, math.ceil(streams / STREAMS_PER_CLIENT))
+    per_shard = math.ceil(streams / shards) + 4
+    timeout = httpx.Timeout(connect=load.connect_timeout_s, read=None, write=load.connect_timeout_s, pool=None)
+    limits = httpx.Limits(
+        max_connections=None, max_keepalive_connections=per_shard, keepalive_expiry=load.keepalive_expiry_s
+    )
+    return [httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) for _ in range(shards)]
+
+
+class LoadRun:
+    """One process's run. ``execute`` returns this process's result; ``on_tick`` overrides snapshot publishing
+    (worker processes send deltas instead)."""
+
+    def __init__(
+        self,
+        target: Target,
+        workload: WorkloadSpec,
+        load: LoadSpec,
+        requests: list[PreparedRequest],
+        *,
+        slo: SLO | None = None,
+        requests_path: Path | None = None,
+        share: Share = Share(),
+        start_ns: int | None = None,
+    ) -> None:
+        if not requests:
+            raise ValueError("no requests to send")
+        self.target, self.workload, self.load, self.slo = target, workload, load, slo
+        self.requests = requests
+        self.share = share
+        self.start_ns = start_ns
+        self.url = target.base_url.rstrip("/") + endpoint_path(workload)
+        self.headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **auth_headers(target)}
+        self.recorder = Recorder(target.label, slo, workload.stream, export=share.count > 1)
+        self.health = HealthMonitor()
+        self.requests_path = requests_path
+        self._out: IO[str] | None = None
+        self._inflight: dict[RequestRecord, asyncio.Task[Any]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._issued = 0
+        self._warmup_n = share.split(load.warmup_requests)
+        self._limit_n = share.split(load.num_requests) if load.num_requests is not None else None
+        self._clients: list[httpx.AsyncClient] = []
+        self._t0 = 0
+        self._end_ns = 0
+        self._warm_end_ns = 0
+
+    # ---- the run ----
+    async def execute(
+        self,
+        *,
+        observer: Observer | None = None,
+        snapshot_interval_s: float = 0.5,
+        stop: asyncio.Event | None = None,
+        tick: Callable[[Recorder, HealthMonitor, str], None] | None = None,
+    ) -> RunResult:
+        load = self.load
+        started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        if load.open_loop:
+            schedule, warm = open_loop_schedule(load)
+            streams = load.max_concurrency or 256
+        else:
+            schedule, warm = [], 0
+            streams = load.peak_concurrency or 1
+        streams = max(1, math.ceil(streams / self.share.count))
+        self._clients = make_clients(load, streams)
+        if self.requests_path is not None:
+            self.requests_path.parent.mkdir(parents=True, exist_ok=True)
+            self._out = self.requests_path.open("w")
+        now = perf_counter_ns()
+        self._t0 = self.start_ns if self.start_ns is not None else now
+        if self._t0 > now:
+            await asyncio.sleep((self._t0 - now) / 1e9)
+        self._warm_end_ns = self._t0 + int(load.warmup_s * 1e9)
+        measure_s = load.measure_s
+        if load.steps:
+            self._end_ns = self._t0 + int((load.ramp_s + (measure_s or 0.0)) * 1e9)
+        elif measure_s is not None:
+            self._end_ns = self._warm_end_ns + int(measure_s * 1e9)
+        else:
+            self._end_ns = 2**62  # bounded by num_requests only
+
+        driver = asyncio.create_task(self._open_loop(schedule, warm) if load.open_loop else self._closed_loop())
+        helpers = [
+            asyncio.create_task(self.health.probe()),
+            asyncio.create_task(self._watchdog()),
+            asyncio.create_task(self._ticker(observer, snapshot_interval_s, tick)),
+        ]
+        stopper = asyncio.create_task(stop.wait()) if stop is not None else None
+        try:
+            waiting: set[asyncio.Task[Any]] = {driver} | ({stopper} if stopper else set())
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not driver.done():
+                driver.cancel()
+            for task in list(self._tasks) + list(self._inflight.values()):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await driver
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            for task in [*helpers, *([stopper] if stopper else [])]:
+                task.cancel()
+            await asyncio.gather(*helpers, *([stopper] if stopper else []), return_exceptions=True)
+            for client in self._clients:
+                await client.aclose()
+            if self._out is not None:
+                self._out.close()
+        sched_p99 = self.recorder.cum["schedule_lag"].percentile_us(99) / 1000
+        result = self.recorder.result(run_config(self.target, self.workload, load, self.slo), started_at)
+        result.health = self.health.summary(sched_p99 if load.max_concurrency is None else 0.0)
+        if self.recorder.counters.get("completed", 0) == 0 and self.recorder.errors:
+            kind, msg = next(iter(self.recorder.error_samples.items()))
+            result.warnings.append(f"every request failed; first {kind}: {msg}")
+        result.warnings += [f"{name} histogram overflowed {n} times" for name, n in result.histogram_overflows.items()]
+        if tick is not None:
+            tick(self.recorder, self.health, "done")
+        elif observer is not None:
+            _notify(observer, self.recorder.snapshot("done", self.health.sample(sched_p99)))
+        return result
+
+    async def _closed_loop(self) -> None:
+        levels = closed_loop_levels(self.load)
+        peak = self.load.peak_concurrency or 1
+        slots = [i for i in range(peak) if i % self.share.count == self.share.index]
+        await asyncio.gather(*(self._slot(i, peak, levels) for i in slots))
+
+    async def _slot(self, slot: int, peak: int, levels: list[tuple[float, int]]) -> None:
+        if self.load.ramp_s > 0:
+            await _sleep_until(self._t0 + int(self.load.ramp_s * 1e9 * slot / peak))
+        while True:
+            now = perf_counter_ns()
+            if now >= self._end_ns:
+                return
+            level, next_change_ns = self._level_at(now, levels)
+            if slot >= level:
+                await _sleep_until(min(next_change_ns, self._end_ns))
+                continue
+            index = self._take()
+            if index is None:
+                return
+            warmup = index < self._warmup_n or now < self._warm_end_ns
+            await self._one(RequestRecord(index * self.share.count + self.share.index, warmup))
+
+    def _level_at(self, now_ns: int, levels: list[tuple[float, int]]) -> tuple[int, int]:
+        offset = self._t0 + int(self.load.ramp_s * 1e9) if self.load.steps else self._t0
+        level, next_change = levels[0][1], 2**62
+        for start_s, conc in levels:
+            at = offset + int(start_s * 1e9)
+            if at <= now_ns:
+                level = conc
+            else:
+                next_change = at
+                break
+        return level, next_change
+
+    def _take(self) -> int | None:
+        """The next per-process request number, or None once the measured count is reached."""
+        if self._limit_n is not None and self._issued >= self._warmup_n + self._limit_n:
+            return None
+        self._issued += 1
+        return self._issued - 1
+
+    async def _open_loop(self, schedule: list[int], warm: int) -> None:
+        sem = asyncio.Semaphore(self.share.split(self.load.max_concurrency)) if self.load.max_concurrency else None
+        for i in range(self.share.index, len(schedule), self.share.count):
+            at = self._t0 + schedule[i]
+            delay_ns = at - perf_counter_ns()
+            if delay_ns > 0:
+                await asyncio.sleep(delay_ns / 1e9)
+            if sem is not None:
+                await sem.acquire()
+            rec = RequestRecord(i, i < warm, scheduled_ns=at)
+            task = asyncio.create_task(self._one(rec, sem))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _one(self, rec: RequestRecord, sem: asyncio.Semaphore | None = None) -> None:
+        req = self.requests[rec.index % len(self.requests)]
+        rec.expected_in = req.expected_in
+        client = self._clients[rec.index % len(self._clients)]
+        recorder = self.recorder
+        recorder.started += 1
+        recorder.in_flight += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight[rec] = task
+        try:
+            await send_request(client, self.url, req.body, self.headers, rec, self.workload.stream)
+        except asyncio.CancelledError:
+            if not rec.warmup:
+                recorder.counters["incomplete"] += 1
+            raise
+        finally:
+            recorder.in_flight -= 1
+            del self._inflight[rec]
+            if sem is not None:
+                sem.release()
+        recorder.record(rec)
+        if self._out is not None:
+            self._out.write(json.dumps(rec.to_json()) + "\n")
+
+    async def _watchdog(self) -> None:
+        """Cancel requests with no first token / no new token for too long: a stalled stream must not hang a run."""
+        first_ns = int(self.load.first_token_timeout_s * 1e9)
+        idle_ns = int(self.load.idle_timeout_s * 1e9)
+        while True:
+            await asyncio.sleep(WATCHDOG_PERIOD_S)
+            now = perf_counter_ns()
+            for rec, task in list(self._inflight.items()):
+                if not rec.send_ns or rec.timed_out:
+                    continue
+                late = now - rec.send_ns > first_ns if not rec.first_ns else now - rec.last_ns > idle_ns
+                if late:
+                    rec.timed_out = True
+                    task.cancel()
+
+    async def _ticker(
+        self,
+        observer: Observer | None,
+        interval_s: float,
+        tick: Callable[[Recorder, HealthMonitor, str], None] | None,
+    ) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            if self._out is not None:
+                self._out.flush()
+            warming = self.recorder.warming and (self.load.warmup_s > 0 or self.load.warmup_requests > 0)
+            phase = "warmup" if warming else "measure"
+            if tick is not None:
+                tick(self.recorder, self.health, phase)
+            elif observer is not None:
+                health = self.health.sample(self.recorder.interval_schedule_lag_p99_ms())
+                _notify(observer, self.recorder.snapshot(phase, health))
+
+
+def _notify(observer: Observer, snap: Any) -> None:
+    try:
+        observer(snap)
+    except Exception:
+        # A broken view must not end the measurement; its traceback goes to the log once per failure.
+        log.exception("snapshot observer failed")
+
+
+async def _sleep_until(at_ns: int) -> None:
+    delay = at_ns - perf_counter_ns()
+    if delay > 0:
+        await asyncio.sleep(delay / 1e9)

@@ -1,0 +1,243 @@
+"""One request, timed: send, read the SSE stream as bytes arrive, and classify any failure by kind.
+
+Timestamps are ``time.perf_counter_ns()`` taken right after each network read returns. A chunk "carries a token"
+when its first choice has non-empty ``text`` (completions) or ``delta.content`` / ``delta.reasoning_content`` (chat);
+ttft ends at the first such chunk, e2el at the last one (the usage trailer and ``[DONE]`` excluded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from time import perf_counter_ns
+from typing import Any
+
+import httpx2 as httpx
+from hpload.loadgen.sse import SSEDecoder
+
+# Error kinds, stable names: results and the TUI key on them.
+CONNECT = "connect"
+TIMEOUT = "timeout"
+STREAM = "stream"  # an error event inside a 200 stream, or a stream that ended before [DONE]
+DISCONNECT = "disconnect"  # the server closed or reset the connection mid-response
+PROTOCOL = "protocol"  # a malformed HTTP response or unparsable JSON
+OTHER = "other"
+
+
+class RequestRecord:
+    """Everything measured about one request. Plain slots: tens of thousands may be in flight."""
+
+    __slots__ = (
+        "chunk_tokens",
+        "done_ns",
+        "error_kind",
+        "error_msg",
+        "expected_in",
+        "first_ns",
+        "index",
+        "itl_ns",
+        "last_ns",
+        "scheduled_ns",
+        "send_ns",
+        "status",
+        "timed_out",
+        "usage_in",
+        "usage_out",
+        "warmup",
+    )
+
+    def __init__(self, index: int, warmup: bool, scheduled_ns: int = 0, expected_in: int | None = None) -> None:
+        self.index = index
+        self.warmup = warmup
+        self.scheduled_ns = scheduled_ns  # 0 in a closed loop
+        self.expected_in = expected_in  # prompt tokens by the client tokenizer, when known
+        self.send_ns = 0
+        self.first_ns = 0
+        self.last_ns = 0
+        self.done_ns = 0
+        self.itl_ns: list[int] = []
+        self.chunk_tokens = 0
+        self.usage_in: int | None = None
+        self.usage_out: int | None = None
+        self.status = 0
+        self.error_kind: str | None = None
+        self.error_msg = ""
+        self.timed_out = False  # set by the watchdog just before it cancels the request
+
+    def fail(self, kind: str, msg: str) -> None:
+        if self.error_kind is None:
+            self.error_kind = kind
+            self.error_msg = msg[:300]
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is None
+
+    @property
+    def ttft_ns(self) -> int:
+        return self.first_ns - self.send_ns
+
+    @property
+    def e2el_ns(self) -> int:
+        return self.last_ns - self.send_ns
+
+    @property
+    def output_tokens(self) -> int:
+        return self.usage_out if self.usage_out is not None else self.chunk_tokens
+
+    @property
+    def tpot_ns(self) -> int | None:
+        n = self.output_tokens
+        if n <= 1 or not self.itl_ns and self.chunk_tokens <= 1:
+            return None
+        return (self.last_ns - self.first_ns) // (n - 1)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"i": self.index, "warmup": self.warmup, "ok": self.ok, "status": self.status}
+        if self.scheduled_ns:
+            out["schedule_lag_ms"] = (self.send_ns - self.scheduled_ns) / 1e6
+        if self.ok:
+            out.update(
+                ttft_ms=self.ttft_ns / 1e6,
+                e2el_ms=self.e2el_ns / 1e6,
+                output_tokens=self.output_tokens,
+                chunk_tokens=self.chunk_tokens,
+                prompt_tokens=self.usage_in,
+            )
+            tpot = self.tpot_ns
+            if tpot is not None:
+                out["tpot_ms"] = tpot / 1e6
+        else:
+            out.update(error=self.error_kind, message=self.error_msg)
+        return out
+
+
+def classify(err: BaseException) -> str:
+    """Map an httpx exception to an error kind."""
+    if isinstance(err, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return TIMEOUT
+    if isinstance(err, httpx.ConnectError):
+        return CONNECT
+    if isinstance(err, httpx.TimeoutException):
+        return TIMEOUT
+    if isinstance(err, httpx.RemoteProtocolError):
+        return DISCONNECT
+    if isinstance(err, httpx.ReadError | httpx.WriteError | ConnectionError):
+        return DISCONNECT
+    if isinstance(err, httpx.ProtocolError | ValueError):
+        return PROTOCOL
+    return OTHER
+
+
+def _token_text(choice: dict[str, Any]) -> bool:
+    text = choice.get("text")
+    if text:
+        return True
+    delta = choice.get("delta")
+    if delta:
+        return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"))
+    return False
+
+
+def _error_message(obj: dict[str, Any]) -> str | None:
+    err = obj.get("error")
+    if err is None:
+        return None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err)
+
+
+async def send_request(
+    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], rec: RequestRecord, stream: bool
+) -> None:
+    """Send one request and fill ``rec``. Never raises for request failures: they land in ``rec.error_kind``.
+
+    A watchdog may cancel this task after setting ``rec.timed_out``; that cancellation is absorbed here and turns
+    into a ``timeout`` failure. Any other cancellation (the run is stopping) propagates.
+    """
+    rec.send_ns = perf_counter_ns()
+    try:
+        async with client.stream("POST", url, content=body, headers=headers) as resp:
+            rec.status = resp.status_code
+            if resp.status_code >= 400:
+                detail = (await resp.aread())[:300].decode("utf-8", "replace")
+                rec.fail(f"http_{resp.status_code // 100}xx", f"HTTP {resp.status_code}: {detail}")
+                return
+            if stream:
+                await _read_stream(resp, rec)
+            else:
+                raw = await resp.aread()
+                rec.first_ns = rec.last_ns = perf_counter_ns()
+                _read_whole(raw, rec)
+    except asyncio.CancelledError:
+        if not rec.timed_out:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        what = "first token" if not rec.first_ns else "next chunk"
+        rec.fail(TIMEOUT, f"no {what} before the timeout")
+    except (httpx.HTTPError, OSError, ValueError) as err:
+        rec.fail(classify(err), f"{type(err).__name__}: {err}")
+    finally:
+        rec.done_ns = perf_counter_ns()
+
+
+async def _read_stream(resp: httpx.Response, rec: RequestRecord) -> None:
+    decoder = SSEDecoder()
+    done = False
+    itl = rec.itl_ns
+    async for chunk in resp.aiter_raw():
+        now = perf_counter_ns()
+        for ev in decoder.feed(chunk):
+            data = ev.data
+            if data == "[DONE]":
+                done = True
+                continue
+            if ev.event == "error":
+                rec.fail(STREAM, f"error event: {data[:200]}")
+                continue
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                rec.fail(PROTOCOL, f"not JSON: {data[:200]}")
+                continue
+            if not isinstance(obj, dict):
+                continue
+            msg = _error_message(obj)
+            if msg is not None:
+                rec.fail(STREAM, f"error in stream: {msg}")
+                continue
+            choices = obj.get("choices")
+            if choices and _token_text(choices[0]):
+                if rec.first_ns:
+                    itl.append(now - rec.last_ns)
+                else:
+                    rec.first_ns = now
+                rec.last_ns = now
+                rec.chunk_tokens += 1
+            usage = obj.get("usage")
+            if usage:
+                rec.usage_out = usage.get("completion_tokens")
+                rec.usage_in = usage.get("prompt_tokens")
+    if not done:
+        rec.fail(STREAM, "stream ended before [DONE]")
+    elif not rec.first_ns and rec.ok:
+        rec.fail(STREAM, "stream carried no tokens")
+
+
+def _read_whole(raw: bytes, rec: RequestRecord) -> None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        rec.fail(PROTOCOL, f"not JSON: {raw[:200]!r}")
+        return
+    msg = _error_message(obj) if isinstance(obj, dict) else "not an object"
+    if msg is not None:
+        rec.fail(STREAM, f"error in response: {msg}")
+        return
+    usage = obj.get("usage") or {}
+    rec.usage_out = usage.get("completion_tokens")
+    rec.usage_in = usage.get("prompt_tokens")
+    rec.chunk_tokens = 1 if obj.get("choices") else 0

