@@ -187,9 +187,7 @@ class LatencyHistogram:
         hi = max(float(hdr.max_value), float(values[-1]), lo * 1.01)
         edges = np.geomspace(lo, hi * 1.0001, buckets + 1)
         counts, _ = np.histogram(values, bins=edges, weights=self._counts[nz].astype(np.float64))
-        return HistogramView(
-            tuple(float(e) / 1000 for e in edges), tuple(int(c) for c in counts), p50, p90, p99
-        )
+        return HistogramView(tuple(float(e) / 1000 for e in edges), tuple(int(c) for c in counts), p50, p90, p99)
 
     def encode(self) -> str:
         self.flush()

@@ -140,7 +140,11 @@ def _merged_health(per_worker: dict[int, dict[str, Any]]) -> ClientHealth:
     h = merge_health(list(per_worker.values()))
     warnings = h.get("warnings") or []
     return ClientHealth(
-        h["cpu_percent"], h["loop_lag_p99_ms"], h["schedule_lag_p99_ms"], h["bottleneck"], warnings[0] if warnings else None
+        h["cpu_percent"],
+        h["loop_lag_p99_ms"],
+        h["schedule_lag_p99_ms"],
+        h["bottleneck"],
+        warnings[0] if warnings else None,
     )
 
 
@@ -160,7 +164,9 @@ def _worker_main(
 ) -> None:
     try:
         asyncio.run(
-            _worker(index, count, target, workload_raw, load_raw, slo_raw, interval_s, requests_path, q, go, halt, start_ns)
+            _worker(
+                index, count, target, workload_raw, load_raw, slo_raw, interval_s, requests_path, q, go, halt, start_ns
+            )
         )
     except BaseException as err:  # report any failure to the parent instead of dying silently
         q.put(("error", index, f"{type(err).__name__}: {err}"))
