@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +74,10 @@ class Server(abc.ABC):
 
     def check(self) -> None:
         """Raise :class:`ServerError` (with the cause and log tail) if the server has died."""
+        return None
+
+    async def wait_exit(self, timeout_s: float) -> int | None:
+        """Wait up to ``timeout_s`` for the server to exit on its own: its exit code, or None if it still runs."""
         return None
 
     async def __aenter__(self) -> Self:
@@ -195,6 +200,14 @@ class ProcessServer(Server):
             f"server {self.label} exited with code {child.returncode}: {death_cause(tail)}; "
             f"log {self.log_path}; last log lines:\n{tail}"
         )
+
+    async def wait_exit(self, timeout_s: float) -> int | None:
+        if self._child is None:
+            return None
+        try:
+            return await asyncio.to_thread(self._child.popen.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     async def stop(self) -> None:
         if self._child is not None:

@@ -68,6 +68,10 @@ class Stream:
         self.cancelled = True
 
 
+# (stream, new token ids, finish reason or None, error message or None)
+Delivery = tuple[Stream, list[int], str | None, str | None]
+
+
 class Engine(abc.ABC):
     """A loaded model plus a batching policy. Thread-safe ``submit`` from the event loop."""
 
@@ -107,7 +111,7 @@ class Engine(abc.ABC):
     def running(self) -> int:
         return sum(1 for s in self._streams if s.first_token_ns is not None)
 
-    def _deliver(self, items: list[tuple[Stream, list[int], str | None, str | None]]) -> None:
+    def _deliver(self, items: list[Delivery]) -> None:
         """On the event loop: timestamps, metrics, then the request's queue."""
         now = time.perf_counter_ns()
         produced = 0
@@ -203,7 +207,8 @@ class PipelineEngine(Engine):
                 batch.append(self._pending.get(timeout=remaining) if remaining > 0 else self._pending.get_nowait())
             except queue.Empty:
                 break
-        self._post([(s, [], "abort", None) for s in batch if s.cancelled])
+        aborted: list[Delivery] = [(s, [], "abort", None) for s in batch if s.cancelled]
+        self._post(aborted)
         return [s for s in batch if not s.cancelled]
 
     def _run(self) -> None:
@@ -216,11 +221,12 @@ class PipelineEngine(Engine):
             except Exception as err:  # noqa: BLE001 - one bad batch must fail its requests, not the server
                 log.exception("generate failed for a batch of %d", len(batch))
                 msg = f"{type(err).__name__}: {err}"
-                self._post([(s, [], "error", msg) for s in batch])
+                failed: list[Delivery] = [(s, [], "error", msg) for s in batch]
+                self._post(failed)
             finally:
                 self._batch_running = 0
 
-    def _post(self, items: list[tuple[Stream, list[int], str | None, str | None]]) -> None:
+    def _post(self, items: list[Delivery]) -> None:
         if items:
             items[0][0].loop.call_soon_threadsafe(self._deliver, items)
 
@@ -311,7 +317,7 @@ class _BatchTracker:
     that reached their own ``max_tokens``, sampled EOS, or were cancelled (client gone, stop string seen)."""
 
     def __init__(self, batch: list[Stream], prompt_len: int, eos_ids: list[int],
-                 post: Callable[[list[tuple[Stream, list[int], str | None, str | None]]], None]) -> None:
+                 post: Callable[[list[Delivery]], None]) -> None:
         self.batch = batch
         self.prompt_len = prompt_len
         self.eos_ids = set(eos_ids)
@@ -323,7 +329,7 @@ class _BatchTracker:
 
         generated = input_ids.shape[1] - self.prompt_len
         newest = input_ids[:, -1].tolist()
-        items: list[tuple[Stream, list[int], str | None, str | None]] = []
+        items: list[Delivery] = []
         for i, stream in enumerate(self.batch):
             if self.done[i]:
                 continue
@@ -343,7 +349,7 @@ class _BatchTracker:
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
     def finish_all(self, reason: str) -> None:
-        items = [(s, [], reason, None) for i, s in enumerate(self.batch) if not self.done[i]]
+        items: list[Delivery] = [(s, [], reason, None) for i, s in enumerate(self.batch) if not self.done[i]]
         self.done = [True] * len(self.batch)
         self.post(items)
 

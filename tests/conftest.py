@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from hpload.servers import EchoSettings, HFSettings, Server, VllmSettings, make_server
 
 

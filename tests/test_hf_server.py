@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from hpload.servers import HFSettings, Server, make_server
 
 pytestmark = pytest.mark.slow
