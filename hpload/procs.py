@@ -80,8 +80,10 @@ class Child:
             time.sleep(0.05)
         if self._group_has_members():
             self.signal_group(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=5)
+            # SIGKILL is delivered asynchronously: wait until the members are really gone, not just signalled.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self._group_has_members():
+                time.sleep(0.02)
         _unregister(self)
         return self.popen.poll()
 
