@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2 as httpx
 from hpload.loadgen.sse import SSEDecoder
+from hpload.loadgen.transport import ARRIVAL_EXTENSION
 
 # Error kinds, stable names: results and the TUI key on them.
 CONNECT = "connect"
@@ -168,7 +169,8 @@ async def send_request(
                 await _read_stream(resp, rec)
             else:
                 raw = await resp.aread()
-                rec.first_ns = rec.last_ns = perf_counter_ns()
+                stamps = resp.extensions.get(ARRIVAL_EXTENSION)
+                rec.first_ns = rec.last_ns = stamps.arrival_ns if stamps is not None else perf_counter_ns()
                 _read_whole(raw, rec)
     except asyncio.CancelledError:
         if not rec.timed_out:
@@ -188,8 +190,9 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord) -> None:
     decoder = SSEDecoder()
     done = False
     itl = rec.itl_ns
+    stamps = resp.extensions.get(ARRIVAL_EXTENSION)  # LeanTransport: stamped in data_received
     async for chunk in resp.aiter_raw():
-        now = perf_counter_ns()
+        now = stamps.arrival_ns if stamps is not None else perf_counter_ns()
         for ev in decoder.feed(chunk):
             data = ev.data
             if data == "[DONE]":

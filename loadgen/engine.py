@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from hpload.loadgen.result import RunResult
 from hpload.loadgen.schedule import closed_loop_levels, open_loop_schedule
 from hpload.loadgen.snapshot import Observer
 from hpload.loadgen.specs import SLO, LoadSpec, Target, WorkloadSpec
+from hpload.loadgen.transport import LeanTransport
 from hpload.loadgen.workload import PreparedRequest, build_requests, endpoint_path
 
 log = logging.getLogger(__name__)
@@ -103,10 +105,15 @@ def run_config(target: Target, workload: WorkloadSpec, load: LoadSpec, slo: SLO 
 
 
 def make_clients(load: LoadSpec, streams: int) -> list[httpx.AsyncClient]:
-    """Sharded clients: httpx's pool does work per connection on every request, so small pools scale better."""
+    """The HTTP clients for one process. Default: one httpx client over :class:`LeanTransport` (chosen by
+    benchmarks/bench_loadgen_capacity.py). ``HPLOAD_LOADGEN_TRANSPORT=httpcore`` gives httpx's own pool, sharded,
+    because that pool does work per connection on every request, so small pools scale better."""
+    timeout = httpx.Timeout(connect=load.connect_timeout_s, read=None, write=load.connect_timeout_s, pool=None)
+    if os.environ.get("HPLOAD_LOADGEN_TRANSPORT", "lean") != "httpcore":
+        transport = LeanTransport(keepalive_expiry_s=load.keepalive_expiry_s, connect_timeout_s=load.connect_timeout_s)
+        return [httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)]
     shards = max(1, math.ceil(streams / STREAMS_PER_CLIENT))
     per_shard = math.ceil(streams / shards) + 4
-    timeout = httpx.Timeout(connect=load.connect_timeout_s, read=None, write=load.connect_timeout_s, pool=None)
     limits = httpx.Limits(
         max_connections=None, max_keepalive_connections=per_shard, keepalive_expiry=load.keepalive_expiry_s
     )

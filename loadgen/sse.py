@@ -37,17 +37,12 @@ class SSEDecoder:
         self._skip_lf = False
         if not chunk:
             return []
+        if b"\r" not in chunk and b"\r" not in self._pending:
+            return self._feed_lf(self._pending + chunk if self._pending else chunk)
         buf = self._pending + chunk if self._pending else chunk
-        if b"\r" not in buf:
-            # Fast path: LF-only streams (vLLM, uvicorn, most servers).
-            *lines, self._pending = buf.split(b"\n")
-        else:
-            self._skip_lf = buf.endswith(b"\r")
-            lines = buf.splitlines()
-            if buf.endswith((b"\r", b"\n")):
-                self._pending = b""
-            else:
-                self._pending = lines.pop()
+        self._skip_lf = buf.endswith(b"\r")
+        lines = buf.splitlines()
+        self._pending = b"" if buf.endswith((b"\r", b"\n")) else lines.pop()
         events: list[SSEEvent] = []
         for line in lines:
             if not line:
@@ -56,6 +51,33 @@ class SSEDecoder:
                     events.append(ev)
             else:
                 self._field(line)
+        return events
+
+    def _feed_lf(self, buf: bytes) -> list[SSEEvent]:
+        """LF-only streams (vLLM, uvicorn, most servers): split into blank-line-terminated blocks; a block that is
+        one ``data: ...`` line (the usual LLM token event) becomes an event without the line machinery."""
+        events: list[SSEEvent] = []
+        if not self._pending and (self._data or self._event) and buf[:1] == b"\n":
+            # The CR/CRLF path left an event open at a line end: this LF is the blank line that ends it.
+            ev = self._dispatch()
+            if ev is not None:
+                events.append(ev)
+            buf = buf[1:]
+        *blocks, self._pending = buf.split(b"\n\n")
+        for block in blocks:
+            if not self._data and not self._event and block[:6] == b"data: " and b"\n" not in block:
+                events.append(SSEEvent(block[6:].decode("utf-8", "replace")))
+                continue
+            for line in block.split(b"\n"):
+                if line:
+                    self._field(line)
+                else:
+                    ev = self._dispatch()
+                    if ev is not None:
+                        events.append(ev)
+            ev = self._dispatch()
+            if ev is not None:
+                events.append(ev)
         return events
 
     def close(self) -> list[SSEEvent]:
