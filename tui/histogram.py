@@ -1,0 +1,116 @@
+"""``LatencyHistogram``: one metric's latency distribution as block-character bars on a log axis.
+
+Layout, top to bottom: a title line with the percentiles, the bars, a marker row with ▲ under p50/p90/p99, and
+the tick labels. The x axis (``LogAxis``) and the y scale (share of samples in the fullest column) are handed in
+from outside, so every column of a side-by-side view draws the same metric against the same axes.
+"""
+
+from __future__ import annotations
+
+from hpload.loadgen.snapshot import HistogramView
+from hpload.tui.logaxis import LogAxis, bar_rows, format_ms
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+PERCENTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))
+
+
+def column_shares(view: HistogramView, axis: LogAxis, width: int) -> list[float]:
+    """Per column, the share of this view's samples (0..1): comparable between servers with different counts."""
+    total = sum(view.counts)
+    if total <= 0:
+        return [0.0] * width
+    return [c / total for c in axis.rebin(view, width)]
+
+
+class LatencyHistogram(Widget):
+    DEFAULT_CSS = """
+    LatencyHistogram {
+        height: 1fr;
+        min-height: 4;
+    }
+    LatencyHistogram > .latency-histogram--title { text-style: bold; }
+    LatencyHistogram > .latency-histogram--bar { color: $primary; }
+    LatencyHistogram > .latency-histogram--axis { color: $foreground-muted; }
+    LatencyHistogram > .latency-histogram--p50 { color: $success; text-style: bold; }
+    LatencyHistogram > .latency-histogram--p90 { color: $warning; text-style: bold; }
+    LatencyHistogram > .latency-histogram--p99 { color: $error; text-style: bold; }
+    """
+
+    COMPONENT_CLASSES = {
+        "latency-histogram--title",
+        "latency-histogram--bar",
+        "latency-histogram--axis",
+        "latency-histogram--p50",
+        "latency-histogram--p90",
+        "latency-histogram--p99",
+    }
+
+    def __init__(self, metric: str, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.metric = metric
+        self.view: HistogramView | None = None
+        self.axis: LogAxis | None = None
+        self.scale_share = 0.0  # the column share that fills the full height
+
+    def show(self, view: HistogramView | None, axis: LogAxis | None, scale_share: float) -> None:
+        self.view, self.axis, self.scale_share = view, axis, scale_share
+        self.refresh()
+
+    def _style(self, part: str) -> Style:
+        return self.get_component_rich_style(f"latency-histogram--{part}")
+
+    def render(self) -> Text:
+        width, height = self.content_size.width, self.content_size.height
+        if width <= 0 or height <= 0:
+            return Text()
+        lines = [self._title(width)]
+        view, axis = self.view, self.axis
+        if view is None or axis is None or sum(view.counts) == 0:
+            lines += [Text("waiting for samples…", style=self._style("axis"))]
+            return Text("\n", no_wrap=True, overflow="crop").join(lines)
+        bar_height = max(height - 3, 1)
+        shares = column_shares(view, axis, width)
+        for row in bar_rows(shares, bar_height, self.scale_share or max(shares)):
+            lines.append(Text(row, style=self._style("bar"), no_wrap=True))
+        if height >= 4:
+            lines.append(self._marker_row(view, axis, width))
+        if height >= 3:
+            lines.append(self._tick_row(axis, width))
+        return Text("\n", no_wrap=True, overflow="crop").join(lines[:height])
+
+    def _title(self, width: int) -> Text:
+        title = Text(self.metric, style=self._style("title"), no_wrap=True, overflow="ellipsis")
+        view = self.view
+        if view is None or sum(view.counts) == 0:
+            return title
+        count = f"n={sum(view.counts)}"
+        # Widest form that fits: "▲p50 12.3ms", then the bare values; the count goes first when space is short.
+        for long_form in (True, False):
+            legend = Text(no_wrap=True)
+            for name, attr in PERCENTILES:
+                value = format_ms(getattr(view, attr))
+                legend.append(" ▲" if long_form else " ", style=self._style(name))
+                legend.append(f"{name} {value}" if long_form else value, style=self._style(name))
+            for extra in (f"  {count}", ""):
+                if len(title) + len(legend) + len(extra) <= width:
+                    line = title + legend
+                    line.append(extra, style=self._style("axis"))
+                    return line
+        return title
+
+    def _marker_row(self, view: HistogramView, axis: LogAxis, width: int) -> Text:
+        cells: list[tuple[str, Style]] = [("─", self._style("axis"))] * width
+        for name, attr in PERCENTILES:  # p99 last, so it wins when percentiles share a column
+            cells[axis.column(getattr(view, attr), width)] = ("▲", self._style(name))
+        row = Text(no_wrap=True)
+        for char, style in cells:
+            row.append(char, style=style)
+        return row
+
+    def _tick_row(self, axis: LogAxis, width: int) -> Text:
+        chars = [" "] * width
+        for start, label in axis.ticks(width):
+            chars[start : start + len(label)] = label
+        return Text("".join(chars), style=self._style("axis"), no_wrap=True)

@@ -1,0 +1,195 @@
+"""The run screen's building blocks: one ``ServerPanel`` per server, and the shared points table.
+
+A panel only formats what it is given; the run screen decides the shared axes and which parts are visible.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from hpload.loadgen.snapshot import ClientHealth, Snapshot
+from hpload.tui.feed import PointDone
+from hpload.tui.histogram import LatencyHistogram
+from hpload.tui.logaxis import format_ms
+from rich.style import Style
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.color import Color
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Sparkline, Static
+
+HIST_METRICS = ("ttft", "itl", "e2el")
+HISTORY_POINTS = 720  # six minutes of 0.5 s snapshots; a sparkline shows the newest that fit its width
+
+STATE_MARKS = {  # state -> (mark, theme variable for its colour)
+    "idle": ("○", "foreground-muted"),
+    "starting": ("◌", "warning"),
+    "running": ("●", "success"),
+    "done": ("✔", "success"),
+    "stopped": ("■", "warning"),
+    "failed": ("✖", "error"),
+}
+
+
+def counters_line(snap: Snapshot | None) -> str:
+    if snap is None:
+        return "no snapshot yet"
+    return (
+        f"ok {snap.requests_completed}  fail {snap.requests_failed}  in-flight {snap.in_flight}  "
+        f"out-tok {snap.output_tokens}"
+    )
+
+
+def errors_line(errors: dict[str, int]) -> str:
+    live = {kind: n for kind, n in errors.items() if n}
+    if not live:
+        return "errors  none"
+    return "errors  " + "  ".join(f"{kind} {n}" for kind, n in sorted(live.items(), key=lambda kv: -kv[1]))
+
+
+def health_line(health: ClientHealth | None) -> str:
+    if health is None:
+        return "client  -"
+    return (
+        f"client  cpu {health.cpu_percent:.0f}%  loop lag {format_ms(health.loop_lag_ms)}  "
+        f"sched lag {format_ms(health.schedule_lag_ms)}"
+    )
+
+
+def rate_label(name: str, history: deque[float]) -> str:
+    if not history:
+        return f"{name}  -"
+    return f"{name}  {history[-1]:,.1f}  (peak {max(history):,.1f})"
+
+
+class ServerPanel(Vertical):
+    """Everything about one server: state, counters, latency histograms, rates, errors, client health, log."""
+
+    def __init__(self, key: int, label: str) -> None:
+        super().__init__(id=f"server-{key}", classes="server-panel")
+        self.key = key
+        self.label = label
+        self.state = "idle"
+        self.detail = ""
+        self.snapshot: Snapshot | None = None
+        self.req_rate: deque[float] = deque(maxlen=HISTORY_POINTS)
+        self.tok_rate: deque[float] = deque(maxlen=HISTORY_POINTS)
+
+    def compose(self) -> ComposeResult:
+        yield Static(classes="panel-head")
+        yield Static(classes="client-warning")
+        with Horizontal(classes="panel-body"):
+            with Vertical(classes="latency-view"):
+                for metric in HIST_METRICS:
+                    yield LatencyHistogram(metric, classes=f"hist-{metric}")
+            with Vertical(classes="rate-view"):
+                yield Static(classes="req-label rate-label")
+                yield Sparkline([], classes="req-spark")
+                yield Static(classes="tok-label rate-label")
+                yield Sparkline([], classes="tok-spark")
+                yield Static(classes="errors")
+                yield Static(classes="health")
+        yield Static(classes="log-view")
+
+    def on_mount(self) -> None:
+        self._redraw_text()
+
+    def histogram(self, metric: str) -> LatencyHistogram:
+        return self.query_one(f".hist-{metric}", LatencyHistogram)
+
+    def reset(self) -> None:
+        self.state, self.detail, self.snapshot = "idle", "", None
+        self.req_rate.clear()
+        self.tok_rate.clear()
+        for metric in HIST_METRICS:
+            self.histogram(metric).show(None, None, 0.0)
+        self.query_one(".log-view", Static).update("")
+        self._redraw_text()
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        self.state, self.detail = state, detail
+        self._redraw_text()
+
+    def set_snapshot(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.req_rate.append(snap.request_rate)
+        self.tok_rate.append(snap.output_token_rate)
+        self._redraw_text()
+
+    def set_log(self, text: str) -> None:
+        # Text, not markup: server logs are full of [brackets].
+        self.query_one(".log-view", Static).update(Text(text, no_wrap=True, overflow="ellipsis"))
+
+    def _redraw_text(self) -> None:
+        if not self.is_mounted:
+            return
+        snap = self.snapshot
+        mark, variable = STATE_MARKS.get(self.state, ("?", "foreground"))
+        head = Text(no_wrap=True, overflow="ellipsis")
+        color = self.app.theme_variables.get(variable)
+        head.append(mark, style=Style(color=Color.parse(color).rich_color) if color else "")
+        head.append(f" {self.label}", style="bold")
+        head.append(f" {self.state}")
+        if snap is not None:
+            head.append(f"  {snap.phase} {snap.elapsed_s:.1f}s")
+        if self.detail and self.state in ("failed", "done", "stopped", "starting"):
+            head.append(f"  {self.detail}", style="italic")
+        head.append("\n" + counters_line(snap))
+        self.query_one(".panel-head", Static).update(head)
+
+        health = snap.health if snap else None
+        warning = self.query_one(".client-warning", Static)
+        self.set_class(bool(health and health.bottleneck), "-bottleneck")
+        if health is not None and health.bottleneck:
+            reason = health.warning or "the load generator is saturated"
+            warning.update(f"⚠ CLIENT IS THE BOTTLENECK: {reason}")
+
+        self.query_one(".req-label", Static).update(rate_label("requests/s", self.req_rate))
+        self.query_one(".tok-label", Static).update(rate_label("output tok/s", self.tok_rate))
+        self.query_one(".req-spark", Sparkline).data = list(self.req_rate)[-self._spark_width() :]
+        self.query_one(".tok-spark", Sparkline).data = list(self.tok_rate)[-self._spark_width() :]
+        self.query_one(".errors", Static).update(errors_line(snap.errors if snap else {}))
+        self.query_one(".health", Static).update(health_line(health))
+
+    def _spark_width(self) -> int:
+        # One bar per snapshot while they fit; Sparkline would otherwise merge neighbours into one bar.
+        return max(self.query_one(".req-spark", Sparkline).size.width, 1)
+
+
+class PointsTable(DataTable[Any]):
+    """Finished points of a sweep or tuning study; the best feasible one carries a ★."""
+
+    COLUMNS = ("best", "#", "server", "settings", "req/s", "out tok/s", "ttft p99", "tpot p99", "SLO")
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        for name in self.COLUMNS:
+            self.add_column(name, key=name)
+
+    def add_point(self, point: PointDone) -> None:
+        s = point.summary
+        settings = " ".join(f"{k.split('.')[-1]}={v}" for k, v in point.values.items())
+
+        def num(key: str, fmt: str) -> str:
+            value = s.get(key)
+            return fmt.format(value) if isinstance(value, int | float) else "-"
+
+        row = (
+            "",
+            f"{point.index}",
+            point.label,
+            settings or "-",
+            num("request_throughput", "{:.2f}"),
+            num("output_throughput", "{:.1f}"),
+            num("p99_ttft_ms", "{:.1f}ms"),
+            num("p99_tpot_ms", "{:.1f}ms"),
+            "ok" if point.feasible else f"miss {point.note}".strip(),
+        )
+        self.add_row(*row, key=str(point.index))
+        if point.best:
+            self.mark_best(point.index)
+
+    def mark_best(self, index: int) -> None:
+        for row_key in list(self.rows):
+            self.update_cell(row_key, "best", "★" if row_key.value == str(index) else "")

@@ -1,0 +1,249 @@
+"""The run screen: one column per server, live from the engine's snapshots, with keys to stop and restart.
+
+The engine runs in a child process (:mod:`hpload.tui.engine`); a thread worker here reads its pipe into a
+:class:`Feed`, which wakes this screen with at most one ``FeedReady`` message in flight; the screen then takes
+the latest snapshot per server and redraws once. On narrow or short terminals the keys 1-4 pick one view; from
+120x36 up every view is on screen at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from hpload.loadgen.snapshot import HistogramView, Snapshot
+from hpload.tui.engine import EngineProcess
+from hpload.tui.feed import Batch, Feed, PointDone, ServerState
+from hpload.tui.gpu import GpuSample, GpuTelemetry, describe
+from hpload.tui.histogram import column_shares
+from hpload.tui.logaxis import LogAxis
+from hpload.tui.panels import HIST_METRICS, PointsTable, ServerPanel
+from hpload.tui.session import RUN, RunPlan, Session
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+from textual.worker import Worker, WorkerState
+
+VIEWS = ("latency", "rates", "log", "points")
+GPU_POLL_S = 2.0
+STOP_WAIT_S = 60.0  # server teardown is SIGTERM + at most 10 s + SIGKILL; a load's drain is bounded too
+
+
+class FeedReady(Message):
+    """Something new is waiting in the feed (posted from the engine thread)."""
+
+
+class RunScreen(Screen[None]):
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+
+    BINDINGS = [
+        Binding("s", "stop", "Stop"),
+        Binding("r", "restart", "Restart"),
+        Binding("1", "view('latency')", "Latency"),
+        Binding("2", "view('rates')", "Rates/health"),
+        Binding("3", "view('log')", "Server log"),
+        Binding("4", "view('points')", "Points", show=False),
+        Binding("escape", "back", "Setup"),
+    ]
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        *,
+        autostart: bool = True,
+        gpu: GpuTelemetry | None = None,
+        results_root: Path | None = None,
+        engine: str = "process",
+    ) -> None:
+        super().__init__()
+        self.plan = plan
+        self.autostart = autostart
+        self.view = "latency"
+        self.feed = Feed(lambda: self.post_message(FeedReady()))
+        self.engine_kind = engine  # "process" (the default, see hpload.tui.engine) or "thread", for comparison
+        self.session: EngineProcess | Session | None = None
+        self.engine: Worker[None] | None = None
+        self.gpu = gpu if gpu is not None else GpuTelemetry()
+        self.started_at: float | None = None
+        self.redraws = 0  # feed drains that changed something; with Feed.published it shows the coalescing
+        self.outcome: ServerState | None = None  # how the last run ended
+        self.results_root = results_root
+
+    # -- layout -------------------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static(id="runbar")
+        yield Static("GPU: …", id="gpu")
+        with Horizontal(id="panels"):
+            for key, label in enumerate(self.plan.labels):
+                yield ServerPanel(key, label)
+        yield PointsTable(id="points")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_class(True, "view-latency")
+        self._update_runbar()
+        self._poll_gpu()
+        self.set_interval(GPU_POLL_S, self._poll_gpu, name="gpu")
+        self.set_interval(1.0, self._update_runbar, name="runbar")
+        if self.autostart:
+            self.start()
+
+    def panels(self) -> list[ServerPanel]:
+        return list(self.query(ServerPanel))
+
+    # -- the engine ---------------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.engine is not None and self.engine.state in (WorkerState.PENDING, WorkerState.RUNNING)
+
+    def start(self) -> None:
+        if self.running:
+            return
+        for panel in self.panels():
+            panel.reset()
+        self.feed.drain()  # anything a previous session left behind belongs to it
+        self.outcome = None
+        if self.engine_kind == "thread":
+            self.session = Session(self.plan, self.feed, results_root=self.results_root)
+        else:
+            self.session = EngineProcess(self.plan, self.feed, results_root=self.results_root)
+        self.started_at = time.monotonic()
+        self.engine = self.run_worker(
+            self.session.run, name="engine", group="engine", thread=True, exit_on_error=False
+        )
+        self._update_runbar()
+
+    async def stop_and_wait(self, timeout_s: float = STOP_WAIT_S) -> bool:
+        """Ask the engine to stop and wait for its thread (servers down, results drained). False on timeout."""
+        if self.session is not None:
+            self.session.stop()
+        engine = self.engine
+        if engine is None or not self.running:
+            return True
+        try:
+            await asyncio.wait_for(engine.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        except Exception:  # noqa: BLE001 - WorkerFailed/Cancelled: the thread is over, which is all we wait for
+            return True
+        return True
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # Textual routes every worker's state change here: the engine's and the GPU poller's.
+        worker = event.worker
+        if worker is self.engine:
+            if event.state == WorkerState.ERROR and worker.error is not None:
+                self.notify(f"engine failed: {worker.error}", severity="error", timeout=10)
+            self._update_runbar()
+        elif worker.group == "gpu" and event.state == WorkerState.SUCCESS and worker.result is not None:
+            samples, unavailable = worker.result
+            self.query_one("#gpu", Static).update(Text("GPU: " + "  |  ".join(describe(samples, unavailable))))
+
+    # -- feed -> widgets ----------------------------------------------------------------------------------------
+    def on_feed_ready(self, _: FeedReady) -> None:
+        batch = self.feed.drain()
+        if batch:
+            self.apply(batch)
+
+    def apply(self, batch: Batch) -> None:
+        """Draw a batch of engine output; also the entry point for tests and snapshots fed fixed data."""
+        panels = {p.label: p for p in self.panels()}
+        for event in batch.events:
+            if isinstance(event, PointDone):
+                self.set_class(True, "has-points")
+                self.query_one(PointsTable).add_point(event)
+            elif event.label == RUN:
+                self.outcome = event
+                if event.state == "failed":
+                    self.notify(event.detail, title="run failed", severity="error", timeout=15)
+                self._update_runbar()
+            elif event.label in panels:
+                panels[event.label].set_state(event.state, event.detail)
+        for label, snap in batch.snapshots.items():
+            if label in panels:
+                panels[label].set_snapshot(snap)
+        for label, text in batch.logs.items():
+            if label in panels:
+                panels[label].set_log(text)
+        if batch.snapshots:
+            self._draw_histograms()
+        self.redraws += 1
+
+    def _draw_histograms(self) -> None:
+        live = [p for p in self.panels() if p.snapshot is not None]
+        for metric in HIST_METRICS:
+            views = [_hist(p.snapshot, metric) for p in live]
+            axis = LogAxis.covering(views)
+            # One y scale for every column of a metric: the fullest column of any server fills the height.
+            top = 0.0
+            for panel in live:
+                view = _hist(panel.snapshot, metric)
+                if view is not None and axis is not None:
+                    width = max(panel.histogram(metric).content_size.width, 1)
+                    top = max(top, *column_shares(view, axis, width))
+            for panel in live:
+                panel.histogram(metric).show(_hist(panel.snapshot, metric), axis, top)
+
+    def on_resize(self) -> None:
+        # Column widths changed, so the shared y scale (share of samples per column) must be recomputed.
+        self.call_after_refresh(self._draw_histograms)
+
+    # -- small parts --------------------------------------------------------------------------------------------
+    def _update_runbar(self) -> None:
+        if self.running:
+            state = "stopping" if self.session is not None and self.session.stop_requested else "running"
+        elif self.session is None:
+            state = "ready (r starts)"
+        elif self.outcome is not None and self.outcome.state == "failed":
+            state = "failed (r restarts)"
+        elif self.session.stop_requested:
+            state = "stopped (r restarts)"
+        else:
+            state = "finished (r restarts)"
+        elapsed = f" {time.monotonic() - self.started_at:.0f}s" if self.started_at and self.running else ""
+        load = self.plan.load
+        loop = f"c={load.concurrency}" if load.concurrency else f"{load.rate:g} req/s" if load.rate else "steps"
+        bar = Text(no_wrap=True, overflow="ellipsis")
+        bar.append(f"{self.plan.title}", style="bold")
+        bar.append(f"  {state}{elapsed}  {loop}  max_tokens {self.plan.workload.max_tokens}")
+        bar.append(f"  view: {self.view}" if not (self.has_class("-wide") and self.has_class("-tall")) else "")
+        self.query_one("#runbar", Static).update(bar)
+
+    @work(thread=True, exclusive=True, group="gpu", exit_on_error=False)
+    def _poll_gpu(self) -> tuple[list[GpuSample], str | None]:
+        return self.gpu.sample(), self.gpu.unavailable
+
+    # -- actions ------------------------------------------------------------------------------------------------
+    def action_stop(self) -> None:
+        if self.session is not None and self.running:
+            self.session.stop()
+            self.notify("stopping: finishing in-flight requests, then the server", timeout=3)
+        self._update_runbar()
+
+    async def action_restart(self) -> None:
+        if self.running:
+            self.notify("restarting: stopping the current run first", timeout=3)
+            await self.stop_and_wait()
+        self.query_one(PointsTable).clear()
+        self.start()
+
+    def action_view(self, view: str) -> None:
+        for name in VIEWS:
+            self.set_class(name == view, f"view-{name}")
+        self.view = view
+        self._update_runbar()
+
+    async def action_back(self) -> None:
+        await self.stop_and_wait()
+        self.dismiss()
+
+
+def _hist(snap: Snapshot | None, metric: str) -> HistogramView | None:
+    return None if snap is None else snap.histograms.get(metric)
