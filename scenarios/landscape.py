@@ -3,7 +3,7 @@
 A landscape maps a point (settings) to a measured throughput, or to None where the point failed (out of memory).
 The research's measurements (../shared/landscapes/infpop-a100, one CSV per engine and GPU count: rows are models,
 columns batch sizes) load with ``load_infpop``; a sweep recorded by ``hpload run`` loads with
-``hpload.scenarios.results.landscape_from_results``. Replaying them lets tuning strategies be compared in
+``landscape_from_results``. Replaying them lets tuning strategies be compared in
 seconds instead of GPU-days.
 """
 
@@ -159,3 +159,36 @@ def trials_to_reach(measured: list[float | None], target: float, grid_size: int)
         if value is not None and value >= target:
             return index
     return grid_size
+
+
+def landscape_from_results(results_dir: str | Path, objective: str = "output_throughput") -> Landscape:
+    """A sweep recorded by ``hpload run`` as a landscape over its swept settings (one server label)."""
+    from hpload.scenarios.results import open_results
+
+    store = open_results(results_dir)
+    records = store.records()
+    labels = sorted({r.label for r in records})
+    if len(labels) != 1:
+        raise HploadError(f"--replay {results_dir}: holds servers {labels}; fix: record one server per directory")
+    axes_values: dict[str, set[Scalar]] = {}
+    for r in records:
+        for key, value in r.settings.items():
+            axes_values.setdefault(key, set()).add(value)
+    axes = {k: sorted(v, key=lambda x: (isinstance(x, str), x)) for k, v in axes_values.items() if len(v) > 1}
+    if not axes:
+        raise HploadError(f"--replay {results_dir}: no swept setting varies; fix: record a sweep first")
+    sums: dict[tuple[Scalar, ...], list[float]] = {}
+    failed: set[tuple[Scalar, ...]] = set()
+    for r in records:
+        cell: tuple[Scalar, ...] = tuple(r.settings.get(axis) for axis in axes)
+        value = r.summary.get(objective)
+        if r.ok and isinstance(value, int | float):
+            sums.setdefault(cell, []).append(float(value))
+        else:
+            failed.add(cell)
+    points: dict[tuple[Scalar, ...], float | None] = {}
+    for cell in sums.keys() | failed:
+        values = sums.get(cell)
+        points[cell] = sum(values) / len(values) if values else None
+    return Landscape(name=f"{Path(results_dir).name}/{labels[0]}", axes={k: list(v) for k, v in axes.items()},
+                     points=points)
