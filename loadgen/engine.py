@@ -200,8 +200,13 @@ class LoadRun:
             asyncio.create_task(self._ticker(observer, snapshot_interval_s, tick)),
         ]
         stopper = asyncio.create_task(stop.wait()) if stop is not None else None
+        waiting: set[asyncio.Task[Any]] = {driver} | ({stopper} if stopper else set())
+        if self._end_ns < 2**62:
+            # The duration bound holds even against a hung server whose requests would outlive their timeouts.
+            deadline = asyncio.create_task(_sleep_until(self._end_ns + int(load.drain_timeout_s * 1e9)))
+            helpers.append(deadline)
+            waiting.add(deadline)
         try:
-            waiting: set[asyncio.Task[Any]] = {driver} | ({stopper} if stopper else set())
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if not driver.done():
                 driver.cancel()

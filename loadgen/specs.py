@@ -120,6 +120,9 @@ class LoadSpec(_Strict):
     """Seconds with no bytes after the first token before the request fails as ``timeout`` (a stalled stream)."""
     keepalive_expiry_s: float = Field(default=3.0, gt=0, lt=5.0)
     """Idle client connections close after this; below vLLM's and uvicorn's 5 s so the server never closes first."""
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """After the measured phase (``duration_s`` or steps), requests still in flight get this long to finish (k6's
+    gracefulStop); then they are cut and counted as ``incomplete``, so a hung server cannot hold the run open."""
 
     @model_validator(mode="after")
     def _check(self) -> LoadSpec:
