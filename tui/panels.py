@@ -11,13 +11,14 @@ from typing import Any
 from hpload.loadgen.snapshot import ClientHealth, Snapshot
 from hpload.tui.feed import PointDone
 from hpload.tui.histogram import LatencyHistogram
-from hpload.tui.logaxis import format_ms
+from hpload.tui.logaxis import bar_rows, format_ms
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.color import Color
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Sparkline, Static
+from textual.widget import Widget
+from textual.widgets import DataTable, Static
 
 HIST_METRICS = ("ttft", "itl", "e2el")
 HISTORY_POINTS = 720  # six minutes of 0.5 s snapshots; a sparkline shows the newest that fit its width
@@ -60,11 +61,68 @@ def health_line(health: ClientHealth | None) -> str:
 def rate_label(name: str, history: deque[float]) -> str:
     if not history:
         return f"{name}  -"
-    return f"{name}  {history[-1]:,.1f}  (peak {max(history):,.1f})"
+    return f"{name} {_num(history[-1])} peak {_num(max(history))}"
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+class RateHistory(Widget):
+    """A rate over time, one bar per snapshot, newest on the right; bars start at zero so a dip reads as a dip
+    (Textual's Sparkline scales between the minimum and the maximum, which turns 2% jitter into full-height
+    swings)."""
+
+    DEFAULT_CSS = """
+    RateHistory { color: $primary; }
+    """
+
+    def __init__(self, *, classes: str | None = None) -> None:
+        super().__init__(classes=classes)
+        self.values: deque[float] = deque(maxlen=HISTORY_POINTS)
+        self.scale_max: float | None = None  # shared by side-by-side columns; None = this history's own peak
+
+    def push(self, value: float) -> None:
+        self.values.append(value)
+        self.refresh()
+
+    def clear(self) -> None:
+        self.values.clear()
+        self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.content_size.width, self.content_size.height
+        shown = list(self.values)[-width:] if width > 0 else []
+        rows = bar_rows(shown, height, self.scale_max or max(shown, default=0.0))
+        return Text("\n", no_wrap=True, overflow="crop").join(Text(row.ljust(width)) for row in rows)
+
+
+class LogTail(Widget):
+    """The newest lines of a server log that fit, bottom-aligned like ``tail -f``; plain text, no markup."""
+
+    DEFAULT_CSS = """
+    LogTail { color: $text-muted; }
+    """
+
+    def __init__(self, *, classes: str | None = None) -> None:
+        super().__init__(classes=classes)
+        self.lines: list[str] = []
+
+    def show(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.refresh()
+
+    def render(self) -> Text:
+        height = self.content_size.height
+        shown = self.lines[-height:] if height > 0 else []
+        return Text("\n".join(shown), no_wrap=True, overflow="ellipsis")
 
 
 class ServerPanel(Vertical):
     """Everything about one server: state, counters, latency histograms, rates, errors, client health, log."""
+
+    req_rate: RateHistory
+    tok_rate: RateHistory
 
     def __init__(self, key: int, label: str) -> None:
         super().__init__(id=f"server-{key}", classes="server-panel")
@@ -73,8 +131,6 @@ class ServerPanel(Vertical):
         self.state = "idle"
         self.detail = ""
         self.snapshot: Snapshot | None = None
-        self.req_rate: deque[float] = deque(maxlen=HISTORY_POINTS)
-        self.tok_rate: deque[float] = deque(maxlen=HISTORY_POINTS)
 
     def compose(self) -> ComposeResult:
         yield Static(classes="panel-head")
@@ -85,14 +141,16 @@ class ServerPanel(Vertical):
                     yield LatencyHistogram(metric, classes=f"hist-{metric}")
             with Vertical(classes="rate-view"):
                 yield Static(classes="req-label rate-label")
-                yield Sparkline([], classes="req-spark")
+                yield RateHistory(classes="req-history")
                 yield Static(classes="tok-label rate-label")
-                yield Sparkline([], classes="tok-spark")
+                yield RateHistory(classes="tok-history")
                 yield Static(classes="errors")
                 yield Static(classes="health")
-        yield Static(classes="log-view")
+        yield LogTail(classes="log-view")
 
     def on_mount(self) -> None:
+        self.req_rate = self.query_one(".req-history", RateHistory)
+        self.tok_rate = self.query_one(".tok-history", RateHistory)
         self._redraw_text()
 
     def histogram(self, metric: str) -> LatencyHistogram:
@@ -104,7 +162,7 @@ class ServerPanel(Vertical):
         self.tok_rate.clear()
         for metric in HIST_METRICS:
             self.histogram(metric).show(None, None, 0.0)
-        self.query_one(".log-view", Static).update("")
+        self.query_one(".log-view", LogTail).show("")
         self._redraw_text()
 
     def set_state(self, state: str, detail: str = "") -> None:
@@ -113,13 +171,12 @@ class ServerPanel(Vertical):
 
     def set_snapshot(self, snap: Snapshot) -> None:
         self.snapshot = snap
-        self.req_rate.append(snap.request_rate)
-        self.tok_rate.append(snap.output_token_rate)
+        self.req_rate.push(snap.request_rate)
+        self.tok_rate.push(snap.output_token_rate)
         self._redraw_text()
 
     def set_log(self, text: str) -> None:
-        # Text, not markup: server logs are full of [brackets].
-        self.query_one(".log-view", Static).update(Text(text, no_wrap=True, overflow="ellipsis"))
+        self.query_one(".log-view", LogTail).show(text)
 
     def _redraw_text(self) -> None:
         if not self.is_mounted:
@@ -145,16 +202,10 @@ class ServerPanel(Vertical):
             reason = health.warning or "the load generator is saturated"
             warning.update(f"⚠ CLIENT IS THE BOTTLENECK: {reason}")
 
-        self.query_one(".req-label", Static).update(rate_label("requests/s", self.req_rate))
-        self.query_one(".tok-label", Static).update(rate_label("output tok/s", self.tok_rate))
-        self.query_one(".req-spark", Sparkline).data = list(self.req_rate)[-self._spark_width() :]
-        self.query_one(".tok-spark", Sparkline).data = list(self.tok_rate)[-self._spark_width() :]
+        self.query_one(".req-label", Static).update(rate_label("requests/s", self.req_rate.values))
+        self.query_one(".tok-label", Static).update(rate_label("output tok/s", self.tok_rate.values))
         self.query_one(".errors", Static).update(errors_line(snap.errors if snap else {}))
         self.query_one(".health", Static).update(health_line(health))
-
-    def _spark_width(self) -> int:
-        # One bar per snapshot while they fit; Sparkline would otherwise merge neighbours into one bar.
-        return max(self.query_one(".req-spark", Sparkline).size.width, 1)
 
 
 class PointsTable(DataTable[Any]):

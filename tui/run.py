@@ -174,6 +174,7 @@ class RunScreen(Screen[None]):
                 panels[label].set_log(text)
         if batch.snapshots:
             self._draw_histograms()
+            self._share_rate_scales()
         self.redraws += 1
 
     def _draw_histograms(self) -> None:
@@ -190,6 +191,15 @@ class RunScreen(Screen[None]):
                     top = max(top, *column_shares(view, axis, width))
             for panel in live:
                 panel.histogram(metric).show(_hist(panel.snapshot, metric), axis, top)
+
+    def _share_rate_scales(self) -> None:
+        panels = self.panels()
+        for attr in ("req_rate", "tok_rate"):
+            histories = [getattr(p, attr) for p in panels]
+            peak = max((max(h.values, default=0.0) for h in histories), default=0.0)
+            for history in histories:
+                history.scale_max = peak or None
+                history.refresh()
 
     def on_resize(self) -> None:
         # Column widths changed, so the shared y scale (share of samples per column) must be recomputed.
