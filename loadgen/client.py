@@ -1,8 +1,9 @@
 """One request, timed: send, read the SSE stream as bytes arrive, and classify any failure by kind.
 
-Timestamps are ``time.perf_counter_ns()`` taken right after each network read returns. A chunk "carries a token"
-when its first choice has non-empty ``text`` (completions) or ``delta.content`` / ``delta.reasoning_content`` (chat);
-ttft ends at the first such chunk, e2el at the last one (the usage trailer and ``[DONE]`` excluded).
+Timestamps are ``time.perf_counter_ns()`` taken when the bytes arrive (in the transport's ``data_received``). A chunk
+"carries a token" when its ``choices`` list is not empty, exactly as vLLM's bench client counts: a token's text may be
+empty (the server's detokenizer holds back partial UTF-8, or a special token), yet it is still a token. ttft ends at
+the first such chunk, e2el at the last one (the usage trailer, whose ``choices`` is empty, and ``[DONE]`` excluded).
 """
 
 from __future__ import annotations
@@ -130,16 +131,6 @@ def classify(err: BaseException) -> str:
     return OTHER
 
 
-def _token_text(choice: dict[str, Any]) -> bool:
-    text = choice.get("text")
-    if text:
-        return True
-    delta = choice.get("delta")
-    if delta:
-        return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"))
-    return False
-
-
 def _error_message(obj: dict[str, Any]) -> str | None:
     err = obj.get("error")
     if err is None:
@@ -213,7 +204,7 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord) -> None:
                 rec.fail(STREAM, f"error in stream: {msg}")
                 continue
             choices = obj.get("choices")
-            if choices and _token_text(choices[0]):
+            if choices:
                 if rec.first_ns:
                     itl.append(now - rec.last_ns)
                 else:

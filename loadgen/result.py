@@ -163,16 +163,21 @@ class RunResult:
     def save(self, path: Path | str) -> Path:
         """Write JSON atomically (temp file + ``os.replace``): a crash never leaves half a result."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        except OSError as err:
+            raise _write_error(path, err) from None
         try:
             with os.fdopen(fd, "w") as fh:
                 json.dump(self.to_dict(), fh, indent=1)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise _write_error(path, err) from None
             raise
         return path
 
@@ -284,3 +289,9 @@ def format_table(result: RunResult) -> str:
     for w in result.warnings + list(h.get("warnings", [])):
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def _write_error(path: Path, err: OSError) -> HploadError:
+    """A full disk or a read-only directory is the user's to fix: one line, not a traceback."""
+    return HploadError(f"result file {path}: cannot write it ({err.strerror or err}); fix: free space on that disk "
+                       "or choose another results directory")
