@@ -15,7 +15,6 @@ from pathlib import Path
 from hpload.loadgen.snapshot import HistogramView, Snapshot
 from hpload.tui.engine import EngineProcess
 from hpload.tui.feed import Batch, Feed, PointDone, ServerState
-from hpload.tui.gpu import GpuSample, GpuTelemetry, describe
 from hpload.tui.histogram import column_shares
 from hpload.tui.logaxis import LogAxis
 from hpload.tui.panels import HIST_METRICS, PointsTable, ServerPanel
@@ -29,6 +28,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
+
+from hpload.gpu import GpuSample, GpuTelemetry, describe
 
 VIEWS = ("latency", "rates", "log", "points")
 GPU_POLL_S = 2.0
