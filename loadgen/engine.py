@@ -280,7 +280,8 @@ class LoadRun:
         return self._issued - 1
 
     async def _open_loop(self, schedule: list[int], warm: int) -> None:
-        sem = asyncio.Semaphore(self.share.split(self.load.max_concurrency)) if self.load.max_concurrency else None
+        cap = self.load.max_concurrency
+        sem = asyncio.Semaphore(max(1, self.share.split(cap))) if cap else None
         for i in range(self.share.index, len(schedule), self.share.count):
             at = self._t0 + schedule[i]
             delay_ns = at - perf_counter_ns()

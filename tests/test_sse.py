@@ -62,3 +62,28 @@ def test_incomplete_event_is_not_dispatched() -> None:
 def test_id_and_retry_fields() -> None:
     events = decode_split(b"id: 7\nretry: 250\ndata: x\n\n", [3])
     assert events == [SSEEvent("x", "message", "7", 250)]
+
+
+def test_random_streams_with_mixed_line_endings_and_random_splits() -> None:
+    """Events built from random fields, each line ending picked from CRLF/LF/CR, fed in random pieces."""
+    import random
+
+    rng = random.Random(1234)
+    for _ in range(300):
+        expected: list[tuple[str, str]] = []
+        stream = b""
+        for _ in range(rng.randint(1, 6)):
+            eol = rng.choice([b"\n", b"\r\n", b"\r"])
+            lines = [b": comment"] if rng.random() < 0.2 else []
+            event = rng.choice(["", "error", "update"])
+            if event:
+                lines.append(b"event: " + event.encode())
+            datas = [rng.choice(["", "x", "{\"choices\": []}", "[DONE]", "a b:c"]) for _ in range(rng.randint(1, 3))]
+            lines += [b"data: " + d.encode() for d in datas]
+            rng.shuffle(lines)
+            stream += b"".join(line + eol for line in lines) + eol
+            in_order = [line[6:].decode() for line in lines if line.startswith(b"data: ")]
+            expected.append((event or "message", "\n".join(in_order)))
+        cuts = sorted(rng.sample(range(len(stream) + 1), k=min(len(stream), rng.randint(0, 8))))
+        got = [(e.event, e.data) for e in decode_split(stream, cuts)]
+        assert got == expected, (stream, cuts)
