@@ -26,6 +26,15 @@ POINT_SUFFIX = ".point.json"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    try:
+        _write_json_atomic(path, data)
+    except OSError as err:
+        # A full disk or a read-only directory is the user's to fix: one line, not a traceback.
+        raise HploadError(f"results {path}: cannot write it ({err.strerror or err}); fix: free space on that disk "
+                          "or choose another results directory (--results DIR)") from None
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

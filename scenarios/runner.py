@@ -126,7 +126,8 @@ async def measure(
     observer: Observer | None = None,
     stop: asyncio.Event | None = None,
 ) -> tuple[RunResult | None, str | None]:
-    """One measurement: (result, None), or (None, why it failed). A crashed server is an outcome, not an error."""
+    """One measurement: (result, None), or (result or None, why it failed). A crashed server is an outcome, not an
+    error; a server that died mid-run still returns the run's result."""
     from hpload.loadgen import run_load
 
     try:
@@ -141,10 +142,11 @@ async def measure(
         await keeper.close()
         return None, one_line(str(err), 300)
     if not server.alive():
-        # The run "finished" because the server died under it: record why, and start afresh next time.
+        # The run "finished" because the server died under it: record why, and start afresh next time. The result
+        # is kept: its requests cut by the crash are counted by error kind.
         cause = one_line(server.log_tail(20), 300)
         await keeper.close()
-        return None, f"server {server_settings.label} died during the run: {cause}"
+        return result, f"server {server_settings.label} died during the run: {cause}"
     return result, None
 
 
@@ -173,7 +175,7 @@ def make_record(point: Point, result: RunResult | None, error: str | None, sourc
         point_id=point.point_id,
         label=point.label,
         kind=point.server.kind,
-        status="ok" if result is not None else "failed",
+        status="ok" if result is not None and error is None else "failed",
         settings=dict(point.settings),
         server=point.server.model_dump(mode="json", exclude={"api_key"}),
         summary=summary,
@@ -224,6 +226,9 @@ async def run_scenario(
             report.measured += 1
             report.failed += 0 if record.ok else 1
             listener.point_finished(index, len(points), record, False)
+            if not record.ok and scenario.on_failure == "stop":
+                report.stopped = True
+                break
     finally:
         # Shielded so Ctrl-C during the loop still stops the server before hpload exits.
         with contextlib.suppress(asyncio.CancelledError):

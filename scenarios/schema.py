@@ -117,6 +117,8 @@ class Scenario(_Strict):
     seed: int = 0
     results_dir: str | None = None
     """None = ``results/<name>`` under the current directory."""
+    on_failure: Literal["continue", "stop"] = "continue"
+    """When a point fails (its server crashed or never came up): go on with the next point, or stop the sweep."""
     sweep: SweepSpec | None = None
     tune: TuneSpec | None = None
 
