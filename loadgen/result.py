@@ -189,6 +189,24 @@ class RunResult:
             raise HploadError(f"result file {path}: cannot read it ({err}); fix: give a file hpload wrote") from err
         return cls.from_dict(raw)
 
+    def save_hdr_log(self, path: Path | str) -> Path:
+        """The histograms as a standard HdrHistogram log (format 1.2), one tagged line per metric, values in
+        microseconds: readable by HdrHistogram's HistogramLogReader and plotting tools in any language."""
+        path = Path(path)
+        lines = [
+            "#[Histogram log format version 1.2]",
+            f"#[hpload {self.label or 'run'}; values in microseconds; started {self.started_at}]",
+            '"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"',
+        ]
+        duration = float(self.summary["duration"])
+        for name, hist in self.histograms.items():
+            hist.flush()
+            lines.append(f"Tag={name},0.000,{duration:.3f},{hist.hdr.get_max_value() / 1000:.3f},{hist.encode()}")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+        return path
+
     @classmethod
     def merge(cls, results: Iterable[RunResult]) -> RunResult:
         """One result from several workers that shared one load (same clock: perf_counter_ns is system-wide)."""

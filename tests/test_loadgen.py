@@ -341,6 +341,22 @@ def test_result_round_trips_through_an_atomic_save(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["summary"]["request_rate"] == "inf"
 
 
+def test_hdr_log_is_readable_by_hdrhistograms_reader(tmp_path: Path) -> None:
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+
+    recorder = Recorder("log")
+    for i in range(50):
+        _record(recorder, i, 10 + i, [5.0, 7.0])
+    result = recorder.result({}, "")
+    path = result.save_hdr_log(tmp_path / "run.hlog")
+    reader = HistogramLogReader(str(path), HdrHistogram(1, 3_600_000_000, 3))
+    seen = []
+    while (hist := reader.get_next_interval_histogram()) is not None:
+        seen.append((hist.get_tag(), hist.get_total_count()))
+    assert dict(seen) == {"ttft": 50, "e2el": 50, "tpot": 50, "itl": 100}
+
+
 def test_values_beyond_the_histogram_are_counted_not_dropped() -> None:
     hist = LatencyHistogram()
     for v in (5, 10, HIGHEST_US * 2):
