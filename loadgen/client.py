@@ -20,9 +20,8 @@ from hpload.loadgen.transport import ARRIVAL_EXTENSION
 # Error kinds, stable names: results and the TUI key on them.
 CONNECT = "connect"
 TIMEOUT = "timeout"
-STREAM = "stream"  # an error event inside a 200 stream, or a stream that ended before [DONE]
-DISCONNECT = "disconnect"  # the server closed or reset the connection mid-response
-PROTOCOL = "protocol"  # a malformed HTTP response or unparsable JSON
+STREAM = "stream"  # an error event inside a 200 stream, malformed SSE/JSON, or a stream that ended before [DONE]
+DISCONNECT = "disconnect"  # the server closed or reset the connection mid-response, or broke HTTP framing
 OTHER = "other"
 
 
@@ -122,12 +121,8 @@ def classify(err: BaseException) -> str:
         return CONNECT
     if isinstance(err, httpx.TimeoutException):
         return TIMEOUT
-    if isinstance(err, httpx.RemoteProtocolError):
+    if isinstance(err, httpx.ProtocolError | httpx.ReadError | httpx.WriteError | ConnectionError):
         return DISCONNECT
-    if isinstance(err, httpx.ReadError | httpx.WriteError | ConnectionError):
-        return DISCONNECT
-    if isinstance(err, httpx.ProtocolError | ValueError):
-        return PROTOCOL
     return OTHER
 
 
@@ -195,7 +190,7 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord) -> None:
             try:
                 obj = json.loads(data)
             except ValueError:
-                rec.fail(PROTOCOL, f"not JSON: {data[:200]}")
+                rec.fail(STREAM, f"not JSON: {data[:200]}")
                 continue
             if not isinstance(obj, dict):
                 continue
@@ -225,7 +220,7 @@ def _read_whole(raw: bytes, rec: RequestRecord) -> None:
     try:
         obj = json.loads(raw)
     except ValueError:
-        rec.fail(PROTOCOL, f"not JSON: {raw[:200]!r}")
+        rec.fail(STREAM, f"not JSON: {raw[:200]!r}")
         return
     msg = _error_message(obj) if isinstance(obj, dict) else "not an object"
     if msg is not None:
