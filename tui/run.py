@@ -88,7 +88,7 @@ class RunScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.set_class(True, "view-latency")
+        self._show_view()
         self._update_runbar()
         self._poll_gpu()
         self.set_interval(GPU_POLL_S, self._poll_gpu, name="gpu")
@@ -158,7 +158,9 @@ class RunScreen(Screen[None]):
         panels = {p.label: p for p in self.panels()}
         for event in batch.events:
             if isinstance(event, PointDone):
-                self.set_class(True, "has-points")
+                if not self.has_class("has-points"):
+                    self.add_class("has-points")
+                    self._show_view()
                 self.query_one(PointsTable).add_point(event)
             elif event.label == RUN:
                 self.outcome = event
@@ -203,8 +205,14 @@ class RunScreen(Screen[None]):
                 history.refresh()
 
     def on_resize(self) -> None:
-        # Column widths changed, so the shared y scale (share of samples per column) must be recomputed.
-        self.call_after_refresh(self._draw_histograms)
+        # Breakpoint classes are updated on resize, then the views follow; column widths changed too, so the
+        # shared y scale (share of samples per column) must be recomputed.
+        self.call_after_refresh(self._after_resize)
+
+    def _after_resize(self) -> None:
+        self._show_view()
+        self._draw_histograms()
+        self._update_runbar()
 
     # -- small parts --------------------------------------------------------------------------------------------
     def _update_runbar(self) -> None:
@@ -224,7 +232,7 @@ class RunScreen(Screen[None]):
         bar = Text(no_wrap=True, overflow="ellipsis")
         bar.append(f"{self.plan.title}", style="bold")
         bar.append(f"  {state}{elapsed}  {loop}  max_tokens {self.plan.workload.max_tokens}")
-        bar.append(f"  view: {self.view}" if not (self.has_class("-wide") and self.has_class("-tall")) else "")
+        bar.append("" if self.everything_fits else f"  view: {self.view}")
         self.query_one("#runbar", Static).update(bar)
 
     @work(thread=True, exclusive=True, group="gpu", exit_on_error=False)
@@ -246,10 +254,30 @@ class RunScreen(Screen[None]):
         self.start()
 
     def action_view(self, view: str) -> None:
-        for name in VIEWS:
-            self.set_class(name == view, f"view-{name}")
         self.view = view
+        self._show_view()
         self._update_runbar()
+
+    @property
+    def everything_fits(self) -> bool:
+        return self.has_class("-wide") and self.has_class("-tall")
+
+    def _show_view(self) -> None:
+        # Display is set per widget, not through a class on the screen: a screen class makes Textual re-apply
+        # the stylesheet to every widget below it (~80 ms on a busy 2-core box), a per-widget display only
+        # re-lays them out.
+        all_in = self.everything_fits
+        show = {
+            "latency-view": all_in or self.view in ("latency", "points"),
+            "rate-view": all_in or self.view == "rates",
+            "panel-body": all_in or self.view != "log",
+            "log-view": all_in or self.view == "log",
+        }
+        for panel in self.panels():
+            for part, visible in show.items():
+                panel.query_one(f".{part}").display = visible
+        self.query_one("#panels").display = all_in or self.view != "points"
+        self.query_one(PointsTable).display = self.view == "points" or (all_in and self.has_class("has-points"))
 
     async def action_back(self) -> None:
         await self.stop_and_wait()
