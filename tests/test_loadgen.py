@@ -99,6 +99,19 @@ async def test_open_loop_measures_from_the_schedule(echo: Server) -> None:
     assert s["p99_schedule_lag_ms"] >= 0
 
 
+async def test_closed_loop_steps_change_the_concurrency(echo: Server) -> None:
+    snaps: list[Snapshot] = []
+    load = LoadSpec(steps=[LoadStep(duration_s=1.0, concurrency=1), LoadStep(duration_s=1.0, concurrency=4)])
+    result = await run_load(echo_target(echo), WORKLOAD, load, observer=snaps.append, snapshot_interval_s=0.1)
+    early = [s.in_flight for s in snaps if s.elapsed_s < 0.9]
+    late = [s.in_flight for s in snaps if 1.2 < s.elapsed_s < 1.9]
+    assert early and max(early) <= 1
+    assert late and max(late) >= 3
+    per_request_s = (TTFT_MS + (TOKENS - 1) * ITL_MS) / 1000
+    expected = 1 / per_request_s + 4 / per_request_s  # one slot for a second, then four
+    assert 0.6 * expected < result.summary["completed"] <= expected + 5
+
+
 async def test_stop_event_ends_the_run_and_keeps_the_result(echo: Server) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.8, stop.set)
