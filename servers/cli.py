@@ -31,6 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     hf.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     hf.add_argument("--device-map", default=None, help="e.g. auto, to spread a model over several GPUs")
     hf.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask")
+    hf.add_argument("--torch-threads", type=int, default=None,
+                    help="CPU threads for torch (default: torch's choice; 1 avoids spin-wait stalls on a busy CPU)")
     hf.add_argument("--load-format", choices=["auto", "dummy"], default="auto", help="dummy = random weights")
     _common(hf, default_label="hf")
 

@@ -31,6 +31,8 @@ def hf_argv(settings: HFSettings, model_dir: str, port: int) -> list[str]:
         argv += ["--device", s.device]
     if s.device_map:
         argv += ["--device-map", s.device_map]
+    if s.torch_threads:
+        argv += ["--torch-threads", str(s.torch_threads)]
     return argv
 
 
@@ -68,10 +70,14 @@ def run_hf(settings: HFSettings) -> int:
     from hpload.servers.hf_engine import load_model, make_engine
     from hpload.servers.metrics import ServerMetrics
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get("HPLOAD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the server is reachable beyond this machine; hpload's default is 127.0.0.1",
                     settings.host)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     model_dir = resolve_model_dir(settings.model)
     model_name = settings.served_model_name or model_dir
     api_key = settings.api_key.get_secret_value() if settings.api_key else os.environ.get(API_KEY_ENV) or None

@@ -242,8 +242,9 @@ class PipelineEngine(Engine):
         tracker = _BatchTracker(batch, prompt_len, self.eos_ids, self._post)
         self._batch_running = len(batch)
         self.metrics.batch_sizes.observe(len(batch))
+        started = time.perf_counter()
         with torch.inference_mode():
-            self.model.generate(
+            out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=max(s.params.max_tokens for s in batch),
@@ -254,6 +255,8 @@ class PipelineEngine(Engine):
                 eos_token_id=self.eos_ids or None,
             )
         tracker.finish_all("length")
+        log.debug("batch of %d: %d steps in %.3f s", len(batch), out.shape[1] - prompt_len,
+                  time.perf_counter() - started)
 
 
 class _RowSampler:

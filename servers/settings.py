@@ -58,6 +58,7 @@ class HFSettings(_Strict):
     device_map: str | None = None  # e.g. "auto" to spread a model over several GPUs
     max_new_tokens_limit: int = Field(default=4096, ge=1)
     load_format: Literal["auto", "dummy"] = "auto"  # dummy = random weights from config.json (from_config)
+    torch_threads: int | None = Field(default=None, ge=1)  # CPU threads for torch; None = torch's default
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=0, le=65535)
     api_key: SecretStr | None = None

@@ -1,0 +1,135 @@
+"""Served vs offline throughput of hpload's transformers wrapper, in both batching modes.
+
+For each batch size B in (1, 8, 32): output tokens/s of the wrapper at concurrency B (closed loop, streamed, usage
+counted by the server), against an offline ``model.generate`` of the same B prompts in this process, same model, same
+machine, greedy, fixed output length. Prints medians over rounds and the served/offline ratio (target >= 0.8).
+
+    python benchmarks/bench_hf_server.py [--model DIR] [--output-tokens 64] [--prompt-tokens 32] [--rounds 3]
+
+The client runs on the same cores as the server, as a load test would: the ratio includes that cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from hpload.servers import HFSettings, Server, make_server
+
+
+def prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    # Skip the first ids: the tiny model's special tokens live there.
+    return [[rng.randrange(8, vocab) for _ in range(length)] for _ in range(count)]
+
+
+class Offline:
+    """The same model in this process, for ``model.generate`` on the same prompts."""
+
+    def __init__(self, model_dir: str, threads: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    def tok_s(self, batch_prompts: list[list[int]], output_tokens: int) -> float:
+        import torch
+
+        ids = torch.tensor(batch_prompts, dtype=torch.long)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=output_tokens, min_new_tokens=output_tokens,
+                                      pad_token_id=self.model.config.pad_token_id)
+        return (out.shape[1] - ids.shape[1]) * len(batch_prompts) / (time.perf_counter() - start)
+
+
+async def _one(client: httpx.AsyncClient, server: Server, prompt: list[int], n: int) -> int:
+    body = {"model": server.model, "prompt": prompt, "max_tokens": n, "ignore_eos": True, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    tokens = 0
+    async with client.stream("POST", "/v1/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if line.startswith("data: {") and '"usage"' in line:
+                tokens = int(json.loads(line[6:])["usage"]["completion_tokens"])
+    return tokens
+
+
+async def paired_rounds(server: Server, offline: Offline, batch: int, vocab: int,
+                        args: argparse.Namespace) -> tuple[float, float]:
+    """Median served and offline tok/s, alternating one served and one offline round so that the load other users
+    put on this shared machine hits both sides alike."""
+    limits = httpx.Limits(max_connections=batch + 4, max_keepalive_connections=batch + 4)
+    served, local = [], []
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=600, limits=limits, trust_env=False) as client:
+        for r in range(args.rounds + 1):  # round 0 warms both up
+            batch_prompts = prompts(batch, args.prompt_tokens, vocab, seed=r)
+            start = time.perf_counter()
+            counts = await asyncio.gather(*[_one(client, server, p, args.output_tokens) for p in batch_prompts])
+            elapsed = time.perf_counter() - start
+            assert all(c == args.output_tokens for c in counts), counts
+            offline_rate = offline.tok_s(batch_prompts, args.output_tokens)
+            if r:
+                served.append(sum(counts) / elapsed)
+                local.append(offline_rate)
+    return statistics.median(served), statistics.median(local)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--modes", default="pipeline,continuous")
+    parser.add_argument("--output-tokens", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--max-batch-wait-ms", type=float, default=50.0)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch CPU threads, the same offline and served (1: two OpenMP threads on a busy 2-core "
+                             "box stall each other, measured 20x slower)")
+    args = parser.parse_args()
+
+    from hpload.model import resolve_model
+
+    model_dir = str(resolve_model(args.model))
+    vocab = int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}; model {model_dir}")
+    print(f"workload: {args.prompt_tokens} prompt tokens -> {args.output_tokens} output tokens (ignore_eos, greedy), "
+          f"median of {args.rounds} rounds after 1 warm-up round; torch threads {args.torch_threads}\n")
+    offline = Offline(model_dir, args.torch_threads)
+    rows: list[dict[str, Any]] = []
+    for mode in args.modes.split(","):
+        for b in sizes:
+            settings = HFSettings(model=model_dir, mode=mode, batch_size=b, max_batch_wait_ms=args.max_batch_wait_ms,
+                                  dtype="float32", device="cpu", label=f"hf-{mode}-{b}",
+                                  torch_threads=args.torch_threads)
+            async with make_server(settings) as server:
+                served, local = await paired_rounds(server, offline, b, vocab, args)
+            rows.append({"mode": mode, "batch": b, "served": served, "offline": local})
+            print(f"  {mode:<10} batch {b:>3}: served {served:8.1f} tok/s   offline {local:8.1f} tok/s   "
+                  f"ratio {served / local:.2f}", flush=True)
+    print("\nmode        batch   served tok/s   offline tok/s   ratio")
+    for row in rows:
+        ratio = row["served"] / row["offline"]
+        flag = "" if ratio >= 0.8 else "  (< 0.8 target)"
+        print(f"{row['mode']:<10} {row['batch']:>6} {row['served']:>14.1f} {row['offline']:>15.1f} {ratio:>7.2f}{flag}")
+    by = {(r["mode"], r["batch"]): r["served"] for r in rows}
+    for b in sizes:
+        if ("pipeline", b) in by and ("continuous", b) in by:
+            print(f"continuous / pipeline at batch {b}: {by[('continuous', b)] / by[('pipeline', b)]:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
