@@ -53,18 +53,24 @@ class LatencyHistogram(Widget):
         self.view: HistogramView | None = None
         self.axis: LogAxis | None = None
         self.scale_share = 0.0  # the column share that fills the full height
+        self._styles: dict[str, Style] = {}
 
     def show(self, view: HistogramView | None, axis: LogAxis | None, scale_share: float) -> None:
         self.view, self.axis, self.scale_share = view, axis, scale_share
         self.refresh()
 
     def _style(self, part: str) -> Style:
-        return self.get_component_rich_style(f"latency-histogram--{part}")
+        return self._styles[part]
 
     def render(self) -> Text:
         width, height = self.content_size.width, self.content_size.height
         if width <= 0 or height <= 0:
             return Text()
+        # Looked up once per frame: each lookup matches CSS, and a frame draws hundreds of styled cells.
+        self._styles = {
+            part: self.get_component_rich_style(f"latency-histogram--{part}")
+            for part in ("title", "bar", "axis", "p50", "p90", "p99")
+        }
         lines = [self._title(width)]
         view, axis = self.view, self.axis
         if view is None or axis is None or sum(view.counts) == 0:
@@ -101,12 +107,12 @@ class LatencyHistogram(Widget):
         return title
 
     def _marker_row(self, view: HistogramView, axis: LogAxis, width: int) -> Text:
-        cells: list[tuple[str, Style]] = [("─", self._style("axis"))] * width
+        marks: dict[int, str] = {}
         for name, attr in PERCENTILES:  # p99 last, so it wins when percentiles share a column
-            cells[axis.column(getattr(view, attr), width)] = ("▲", self._style(name))
-        row = Text(no_wrap=True)
-        for char, style in cells:
-            row.append(char, style=style)
+            marks[axis.column(getattr(view, attr), width)] = name
+        row = Text("".join("▲" if col in marks else "─" for col in range(width)), style=self._style("axis"))
+        for col, name in marks.items():
+            row.stylize(self._style(name), col, col + 1)
         return row
 
     def _tick_row(self, axis: LogAxis, width: int) -> Text:
