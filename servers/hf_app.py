@@ -27,16 +27,32 @@ log = logging.getLogger("hpload.hf")
 
 
 class IncrementalDetokenizer:
-    """Decodes a growing list of ids in O(1) work per token: only a short window is re-decoded each time, and text
-    that ends in a partial UTF-8 sequence is held back until the next token completes it."""
+    """Decodes a growing list of ids with O(1) work per token, never sending half a UTF-8 character.
+
+    Fast tokenizers use ``tokenizers``' own ``DecodeStream`` (about 1.5 us a token here); others re-decode a short
+    window (vLLM's prefix/read offsets), about 30 us a token.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self._stream: Any = None
+        backend = getattr(tokenizer, "_tokenizer", None)
+        try:
+            from tokenizers.decoders import DecodeStream
+
+            if backend is not None:
+                self._stream = DecodeStream(skip_special_tokens=True)
+                self._backend = backend
+        except ImportError:
+            self._stream = None
         self.ids: list[int] = []
         self.prefix_offset = 0
         self.read_offset = 0
 
     def add(self, new_ids: list[int]) -> str:
+        if self._stream is not None:
+            step = self._stream.step
+            return "".join(piece for i in new_ids if (piece := step(self._backend, i)))
         self.ids.extend(new_ids)
         decode = self.tokenizer.decode
         prefix_text = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
@@ -196,13 +212,14 @@ class WrapperApp:
         self, stream: Stream, req: oa.CompletionRequest | oa.ChatRequest, kind: Literal["completion", "chat"], rid: str
     ) -> AsyncIterator[bytes]:
         created = int(time.time())
+        encoder = oa.ChunkEncoder(kind, rid, self.model_name, created)
         first = True
         async for delta, reason, error in self._events(stream, req.stop_list()):
             if reason == "error":
                 yield oa.sse({"error": {"message": f"generation failed: {error}", "type": "server_error", "code": 500}})
                 break
             finish = None if reason is None else ("length" if reason == "length" else "stop")
-            yield oa.sse(oa.chunk(kind, rid, self.model_name, created, delta, finish, role=first))
+            yield encoder.encode(delta, finish, role=first)
             first = False
         if req.include_usage:
             use = oa.usage(len(stream.prompt_ids), stream.output_tokens)

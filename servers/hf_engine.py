@@ -274,6 +274,8 @@ class _RowSampler:
         self.temps = torch.tensor([batch[i].params.temperature for i in self.sample_rows], device=device)
         self.top_ps = torch.tensor([batch[i].params.top_p for i in self.sample_rows], device=device)
         self.generators: dict[int, torch.Generator] = {}
+        self._no_eos_rows: list[int] = []
+        self._no_eos_index: tuple[torch.Tensor, torch.Tensor] | None = None
         for i in self.seeded_rows:
             gen = torch.Generator(device=device)
             gen.manual_seed(int(batch[i].params.seed or 0))
@@ -286,7 +288,10 @@ class _RowSampler:
         if self.eos_ids:
             no_eos = [i for i, s in enumerate(self.batch) if s.params.ignore_eos or generated < s.params.min_tokens]
             if no_eos:
-                scores[torch.tensor(no_eos)[:, None], torch.tensor(self.eos_ids)[None, :]] = -math.inf
+                if no_eos != self._no_eos_rows:  # the index tensors change only when a min_tokens is reached
+                    self._no_eos_rows = no_eos
+                    self._no_eos_index = (torch.tensor(no_eos)[:, None], torch.tensor(self.eos_ids)[None, :])
+                scores[self._no_eos_index] = -math.inf
         if self.sample_rows:
             idx = torch.tensor(self.sample_rows, device=scores.device)
             picked = _sample(scores[idx], self.temps, self.top_ps, None)
@@ -449,6 +454,14 @@ class ContinuousEngine(Engine):
         stream.cancel()
         with contextlib.suppress(Exception):
             self.manager.cancel_request(stream.request_id)
+        # The manager drops cancelled requests silently (no final output), so finish the stream here, and drop the
+        # result handler it would otherwise keep forever.
+        with contextlib.suppress(AttributeError, KeyError):
+            router = self.manager.output_router
+            with router._lock:
+                router.result_handlers.pop(stream.request_id, None)
+        self._sent.pop(stream.request_id, None)
+        self._deliver([(stream, [], "abort", None)])
 
     def running(self) -> int:
         return sum(1 for s in self._streams if s.first_token_ns is not None)

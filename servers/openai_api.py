@@ -150,6 +150,23 @@ def chunk(
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
 
 
+class ChunkEncoder:
+    """Pre-renders one stream's chunk JSON around a placeholder, so each mid-stream token costs one
+    ``json.dumps`` of its text instead of a whole dict (the per-token path runs for every stream every step)."""
+
+    _MARK = "\x00hpload\x00"
+
+    def __init__(self, kind: Literal["completion", "chat"], rid: str, model: str, created: int) -> None:
+        self.kind, self.rid, self.model, self.created = kind, rid, model, created
+        rendered = json.dumps(chunk(kind, rid, model, created, self._MARK), separators=(",", ":"))
+        self._head, self._tail = rendered.split(json.dumps(self._MARK))
+
+    def encode(self, text: str, finish_reason: str | None = None, *, role: bool = False) -> bytes:
+        if finish_reason is None and not role:
+            return f"data: {self._head}{json.dumps(text)}{self._tail}\n\n".encode()
+        return sse(chunk(self.kind, self.rid, self.model, self.created, text, finish_reason, role=role))
+
+
 def usage_chunk(kind: Literal["completion", "chat"], rid: str, model: str, created: int, use: dict[str, int]) -> dict:
     obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": use}

@@ -111,6 +111,40 @@ async def test_concurrent_requests_batch_and_metrics_count_every_token(hf_server
     )
 
 
+async def _abandon_stream(server: Server) -> None:
+    """Read a few chunks of a long stream, then hang up."""
+    body = {"model": server.model, "prompt": "while True:", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=120, trust_env=False) as client:
+        async with client.stream("POST", "/v1/completions", json=body) as resp:
+            seen = 0
+            async for line in resp.aiter_lines():
+                seen += line.startswith("data: ")
+                if seen >= 3:
+                    break
+
+
+async def _aborted(server: Server) -> float:
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        text = (await client.get(f"{server.base_url}/metrics")).text
+    match = re.search(r'^hf:request_success_total\{finished_reason="abort"\} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def _assert_disconnect_frees_the_batch(server: Server) -> None:
+    before = await _aborted(server)
+    await _abandon_stream(server)
+    for _ in range(100):  # generation must stop soon, not run the remaining ~1500 tokens
+        if await _aborted(server) > before and await _metric(server, "num_requests_running") == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await _aborted(server) == before + 1
+    assert await _metric(server, "num_requests_running") == 0
+
+
+async def test_client_disconnect_stops_generation(hf_server: Server) -> None:
+    await _assert_disconnect_frees_the_batch(hf_server)
+
+
 async def test_continuous_mode_streams_chat_with_exact_usage(tiny_model: Path, tmp_path: Path) -> None:
     settings = HFSettings(label="hf-cb", model=str(tiny_model), mode="continuous", batch_size=4, device="cpu")
     async with make_server(settings, workdir=tmp_path) as server:
@@ -126,3 +160,4 @@ async def test_continuous_mode_streams_chat_with_exact_usage(tiny_model: Path, t
         seeded = await _post(server, "/v1/completions", {"model": server.model, "prompt": "x", "seed": 3})
         assert seeded.status_code == 400 and "seed" in seeded.json()["error"]["message"]
         assert await _metric(server, "generation_tokens_total") - before == sum(12 + i for i in range(6))
+        await _assert_disconnect_frees_the_batch(server)

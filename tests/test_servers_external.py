@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from hpload.errors import ServerError
 from hpload.servers import ExternalSettings, Server, make_server
+
+from hpload.errors import ServerError
 
 
 async def test_external_attaches_and_discovers_model(echo_server: Server) -> None:

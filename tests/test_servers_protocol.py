@@ -59,3 +59,13 @@ def test_stop_matcher_across_pieces_never_sends_the_stop() -> None:
     partial = StopMatcher(["xyz"])
     sent = [partial.feed(p) for p in ["ax", "y", "b"]]
     assert "".join(sent) + partial.flush() == "axyb" and not partial.hit
+
+
+@pytest.mark.parametrize("kind", ["completion", "chat"])
+def test_chunk_encoder_matches_the_plain_chunk(kind: str) -> None:
+    enc = oa.ChunkEncoder(kind, "id-1", "m", 123)  # type: ignore[arg-type]
+    for text, finish, role in [('he said "hi"\n\\', None, False), ("", None, False), ("x", "length", False),
+                               ("y", None, True)]:
+        line = enc.encode(text, finish, role=role)
+        assert line.startswith(b"data: ") and line.endswith(b"\n\n")
+        assert json.loads(line[6:]) == oa.chunk(kind, "id-1", "m", 123, text, finish, role=role)  # type: ignore[arg-type]
