@@ -121,6 +121,17 @@ async def test_setup_start_live_update_stop_leaves_no_process(tmp_path: Path) ->
         await pilot.pause(1.0)
         assert hist_samples(panel, "ttft") == frozen  # nothing runs any more
 
+        # r starts the same plan afresh: the columns reset, then fill again.
+        await pilot.press("r")
+        await wait_for(pilot, lambda: run.running, 5, "the restart")
+        assert hist_samples(panel, "ttft") < frozen
+        await wait_for(pilot, lambda: hist_samples(panel, "ttft") > 0, 90, "samples after the restart")
+        # esc goes back to the setup screen, stopping the run on the way.
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, SetupScreen), 60, "the setup screen")
+        assert not run.running
+        assert spawned_children(before) == []
+
 
 async def test_two_servers_side_by_side_share_axes(tmp_path: Path) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -234,3 +245,27 @@ async def test_thread_engine_also_runs(tmp_path: Path, engine: str) -> None:
         assert run.outcome is not None and run.outcome.state == "done"
         assert hist_samples(run.panels()[0], "e2el") > 0
         assert isinstance(run.panels()[0].histogram("ttft"), LatencyHistogram)
+
+
+async def test_a_server_that_cannot_start_shows_as_failed(tmp_path: Path) -> None:
+    path = tmp_path / "dead.toml"
+    # Nothing listens on port 9 of loopback: the attach fails, the run goes on and says so in the column.
+    path.write_text(
+        'name = "dead"\n[[servers]]\nkind = "external"\nlabel = "nobody"\nurl = "http://127.0.0.1:9"\n'
+        "startup_timeout_s = 2\n[load]\nconcurrency = 1\nduration_s = 2\n"
+    )
+    app = HploadApp([ScenarioChoice("dead", path)], initial="dead", results_root=tmp_path / "results")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 5, "the run screen")
+        run = app.screen
+        assert isinstance(run, RunScreen)
+        await wait_for(pilot, lambda: run.session is not None and not run.running, 60, "the run to end")
+        await pilot.pause(0.3)
+        panel = run.panels()[0]
+        assert panel.state == "failed", (panel.state, panel.detail)
+        assert "no request succeeded" in panel.detail or "nobody" in panel.detail, panel.detail
+        assert "failed" in str(panel.query_one(".panel-head", Static).content)
+        if panel.snapshot is not None:  # the attach worked and every request failed: the errors say how
+            assert panel.snapshot.requests_failed > 0
+            assert "errors  none" not in str(panel.query_one(".errors", Static).content)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from hpload.errors import HploadError
 
-SERVER_KINDS = ("echo", "hf", "vllm")
+SERVER_KINDS = ("echo", "hf", "vllm", "external")
 QUICKSTART = "quickstart"
 
 

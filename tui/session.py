@@ -122,8 +122,14 @@ class Session:
             PointDone(index=index, label=record.label, values=dict(record.settings), summary=dict(record.summary),
                       feasible=feasible, best=best, note=record.error or "; ".join(violations))
         )
-        state = "done" if record.ok else "failed"
-        self.feed.event(ServerState(record.label, state, one_line(record.error or f"point {index}/{total}", 200)))
+        if not record.ok:
+            state, detail = "failed", record.error or "failed"
+        elif not record.summary.get("completed"):
+            # Finished, but not one request succeeded: that is a broken server or URL, whatever the runner says.
+            state, detail = "failed", f"no request succeeded in point {index}/{total}"
+        else:
+            state, detail = "done", f"point {index}/{total}" + (f", misses: {violations[0]}" if violations else "")
+        self.feed.event(ServerState(record.label, state, one_line(detail, 200)))
 
     def observe(self, snap: Snapshot) -> None:
         if self._starting == snap.label:
