@@ -180,7 +180,7 @@ def landscape_from_results(results_dir: str | Path, objective: str = "output_thr
     sums: dict[tuple[Scalar, ...], list[float]] = {}
     failed: set[tuple[Scalar, ...]] = set()
     for r in records:
-        cell: tuple[Scalar, ...] = tuple(r.settings.get(axis) for axis in axes)
+        cell: tuple[Scalar, ...] = tuple(r.settings.get(axis, "") for axis in axes)
         value = r.summary.get(objective)
         if r.ok and isinstance(value, int | float):
             sums.setdefault(cell, []).append(float(value))
