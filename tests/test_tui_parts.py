@@ -149,3 +149,15 @@ def test_gpu_telemetry_says_no_gpu_without_nvml_and_formats_devices() -> None:
     telemetry.close()
     line = describe([GpuSample(0, "H100", 87.0, 40 * 1024, 80 * 1024, 412.0)], None)[0]
     assert line.startswith("GPU0  87%") and "40.0/80.0 GiB" in line and "412 W" in line
+
+
+def test_cli_reports_a_missing_scenario_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for arg in ("no-such-scenario", str(tmp_path / "missing.toml")):
+        done = subprocess.run([sys.executable, "-m", "hpload", "tui", arg], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "fix:" in lines[0] and "Traceback" not in done.stderr
