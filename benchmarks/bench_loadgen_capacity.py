@@ -27,6 +27,14 @@ from pathlib import Path
 from typing import Any
 
 SERVER_CORE, CLIENT_CORE = "1", "0"
+# (row name, role, worker processes). "httpx pool" is hpload with httpx's own httpcore pool instead of LeanTransport,
+# the measurement behind the transport choice.
+CLIENTS = (
+    ("vllm bench", "vllm", 1),
+    ("hpload", "hpload", 1),
+    ("hpload workers=2", "hpload", 2),
+    ("hpload httpx pool", "hpload-httpcore", 1),
+)
 
 
 def _taskset(core: str) -> list[str]:
@@ -53,9 +61,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_client(role: str, url: str, conc: int, n: int, tokens: int, workers: int = 1) -> dict[str, Any]:
+    transport = "lean"
+    if role == "hpload-httpcore":
+        role, transport = "hpload", "httpcore"
     cmd = [*_taskset(CLIENT_CORE), sys.executable, __file__, "--role", role, "--url", url, "--concurrency", str(conc),
            "--requests", str(n), "--tokens", str(tokens), "--workers", str(workers)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    env = {**os.environ, "HPLOAD_LOADGEN_TRANSPORT": transport}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, env=env)
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
         raise RuntimeError(f"{role} client failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -146,7 +158,7 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} cores; server on core {SERVER_CORE}, clients on core {CLIENT_CORE}")
     print(f"{args.requests} streamed requests x {args.tokens} tokens, echo ttft 1 ms, itl {args.itl_ms} ms\n")
-    header = f"{'client':<18}{'conc':>6}{'req/s':>9}{'chunks/s':>10}{'cpu s':>8}{'chunks/cpu-s':>14}{'ttft p50':>10}"
+    header = f"{'client':<20}{'conc':>6}{'req/s':>9}{'chunks/s':>10}{'cpu s':>8}{'chunks/cpu-s':>14}{'ttft p50':>10}"
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_echo(args.tokens, args.itl_ms, Path(tmp) / "echo.log")
@@ -154,8 +166,7 @@ def main() -> None:
             for conc in args.concurrency:
                 rows: dict[str, list[dict[str, Any]]] = {}
                 for _ in range(args.repeats):
-                    for name, role, workers in (("vllm bench", "vllm", 1), ("hpload", "hpload", 1),
-                                                ("hpload workers=2", "hpload", 2)):  # fmt: skip
+                    for name, role, workers in CLIENTS:
                         r = run_client(role, url, conc, args.requests, args.tokens, workers)
                         rows.setdefault(name, []).append(r)
                 med: dict[str, dict[str, float]] = {}
@@ -169,10 +180,10 @@ def main() -> None:
                         "failed": sum(r["failed"] for r in runs),
                     }
                     med[name] = m
-                    print(f"{name:<18}{conc:>6}{m['rps']:>9.0f}{m['cps']:>10.0f}{m['cpu']:>8.2f}"
+                    print(f"{name:<20}{conc:>6}{m['rps']:>9.0f}{m['cps']:>10.0f}{m['cpu']:>8.2f}"
                           f"{m['per_cpu']:>14.0f}{m['ttft']:>10.2f}" + (f"  failed {m['failed']}" if m["failed"] else ""))  # fmt: skip
                 base = med["vllm bench"]
-                for name in ("hpload", "hpload workers=2"):
+                for name in ("hpload", "hpload workers=2", "hpload httpx pool"):
                     print(f"  ratio {name} / vllm bench at {conc}: chunks per CPU-s {med[name]['per_cpu'] / base['per_cpu']:.2f},"
                           f" req/s {med[name]['rps'] / base['rps']:.2f}")  # fmt: skip
         finally:
