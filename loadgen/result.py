@@ -54,6 +54,7 @@ class RunResult:
     error_samples: dict[str, str] = field(default_factory=dict)  # one message per kind, to explain the count
     health: dict[str, Any] = field(default_factory=dict)
     server_metrics: dict[str, Any] | None = None
+    gpu: dict[str, Any] | None = None  # NVML telemetry over the run (hpload.gpu.GpuSampler.summary), if recorded
     config: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     started_at: str = ""  # wall clock, ISO 8601: a label only, never used for latency
@@ -133,6 +134,7 @@ class RunResult:
             "error_samples": dict(self.error_samples),
             "health": self.health,
             "server_metrics": self.server_metrics,
+            "gpu": self.gpu,
             "warnings": list(self.warnings),
             "config": self.config,
             "counters": dict(self.counters),
@@ -154,6 +156,7 @@ class RunResult:
             error_samples=dict(raw.get("error_samples", {})),
             health=dict(raw.get("health", {})),
             server_metrics=raw.get("server_metrics"),
+            gpu=raw.get("gpu"),
             config=dict(raw.get("config", {})),
             warnings=list(raw.get("warnings", [])),
             started_at=raw.get("started_at", ""),

@@ -134,10 +134,15 @@ async def measure(
         server = await keeper.ensure(server_settings)
     except ServerError as err:
         return None, one_line(str(err), 300)
+    from hpload.gpu import GpuSampler
+
     try:
-        result = await run_load(
-            target_for(server, server_settings), workload, load, slo=slo, observer=observer, stop=stop
-        )
+        # GPU telemetry beside the client's metrics; where there is no GPU the sampler records why and costs nothing.
+        with GpuSampler() as gpu:
+            result = await run_load(
+                target_for(server, server_settings), workload, load, slo=slo, observer=observer, stop=stop
+            )
+        result.gpu = gpu.summary()
     except ServerError as err:
         await keeper.close()
         return None, one_line(str(err), 300)
