@@ -76,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HploadError as err:
         sys.stderr.write(f"hpload {name}: error: {one_line(str(err))}\n")
         return err.exit_code
+    except ModuleNotFoundError as err:
+        # A heavy optional dependency (torch, transformers, vllm) missing: say which extra brings it.
+        sys.stderr.write(
+            f"hpload {name}: error: Python package '{err.name}' is not installed; fix: pip install 'hpload[cpu]'"
+            " (CPU machines) or 'hpload[cuda]' (GPU machines)\n"
+        )
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"hpload {name}: interrupted; finished results are on disk\n")
         return 130
