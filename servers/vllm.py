@@ -83,6 +83,11 @@ class VllmServer(ProcessServer):
             # The CPU build otherwise reserves a large slice of RAM for the KV cache; 1 GiB is plenty for the
             # small models and context lengths that run on a CPU.
             env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+        s = self.settings
+        if s.tensor_parallel_size * s.pipeline_parallel_size * s.data_parallel_size > 1:
+            # NVLink multicast (NVLS) has hung NCCL start-up on the lent multi-GPU machines; plain NVLink rings
+            # lose nothing measurable at these message sizes.
+            env["NCCL_NVLS_ENABLE"] = "0"
         if self.api_key:
             # Through the environment, not argv, so the secret does not show in `ps` or in our logs.
             env["VLLM_API_KEY"] = self.api_key
