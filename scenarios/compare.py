@@ -60,6 +60,11 @@ def columns_from(path_text: str) -> list[Column]:
         return [Column(_name(raw.get("label", ""), raw.get("settings") or {}, path.stem), raw.get("summary") or {})]
     if "summary" not in raw:
         raise HploadError(f"compare {path}: not an hpload result (no summary); fix: give points/<id>.json")
+    record = path.with_name(f"{path.stem}{POINT_SUFFIX}")
+    if record.is_file():
+        # A point's settings name its column better than the bare server label.
+        meta = json.loads(record.read_text())
+        return [Column(_name(meta.get("label", ""), meta.get("settings") or {}, path.stem), raw["summary"])]
     return [Column(raw.get("label") or path.stem, raw["summary"])]
 
 
