@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="pipeline: static batches through generate(); continuous: transformers' continuous batching")
     hf.add_argument("--batch-size", type=int, default=8, help="most requests per batch (default 8)")
     hf.add_argument("--max-batch-wait-ms", type=float, default=5.0,
-                    help="how long the first waiting request waits for others to fill a batch (default 5)")
+                    help="pipeline: a batch closes when full or after this long with no new request (default 5)")
     hf.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     hf.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     hf.add_argument("--device-map", default=None, help="e.g. auto, to spread a model over several GPUs")

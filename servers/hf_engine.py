@@ -164,10 +164,13 @@ def make_engine(settings: HFSettings, model: Any, tokenizer: Any, metrics: Serve
 # ------------------------------------------------------------------------------------------------ pipeline mode
 
 
+_WAIT_CAP = 10  # the longest a batch waits to fill, in units of max_batch_wait_ms
+
+
 class PipelineEngine(Engine):
     """Batches of up to ``batch_size`` waiting requests, each batch one ``model.generate`` call.
 
-    A request waits at most ``max_batch_wait_ms`` after the first of its batch arrived. Per-request sampling,
+    A batch waits for more requests while they keep arriving (see ``_next_batch``). Per-request sampling,
     lengths and stops ride on a logits processor and a stopping criterion; new requests wait for the running batch
     to finish (static batching, as the research measured HF pipelines).
     """
@@ -195,18 +198,26 @@ class PipelineEngine(Engine):
         self._thread.join(timeout=5)
 
     def _next_batch(self) -> list[Stream]:
+        """A batch closes when full, or when no request arrived for ``max_batch_wait_ms``, and at the latest
+        ``_WAIT_CAP`` times that after its first request. Measuring the wait from the last arrival (not the first)
+        keeps a burst together even when a busy client needs longer than the wait to send it all: with a fixed
+        deadline, 32 requests sent over ~100 ms split into batches of 25 + 7 here and lost 40% of throughput."""
         try:
             first = self._pending.get(timeout=0.2)
         except queue.Empty:
             return []
         batch = [first]
-        deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        gap_s = self.settings.max_batch_wait_ms / 1000
+        now = time.monotonic()
+        hard_deadline = now + gap_s * _WAIT_CAP
+        deadline = min(now + gap_s, hard_deadline)
         while len(batch) < self.settings.batch_size:
             remaining = deadline - time.monotonic()
             try:
                 batch.append(self._pending.get(timeout=remaining) if remaining > 0 else self._pending.get_nowait())
             except queue.Empty:
                 break
+            deadline = min(time.monotonic() + gap_s, hard_deadline)
         aborted: list[Delivery] = [(s, [], "abort", None) for s in batch if s.cancelled]
         self._post(aborted)
         return [s for s in batch if not s.cancelled]

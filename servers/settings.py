@@ -52,7 +52,7 @@ class HFSettings(_Strict):
     served_model_name: str | None = None
     mode: Literal["pipeline", "continuous"] = "pipeline"
     batch_size: int = Field(default=8, ge=1)
-    max_batch_wait_ms: float = Field(default=5.0, ge=0)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0)  # pipeline: close a batch after this long with no arrival
     dtype: str = "auto"
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None = cuda when present, else cpu
     device_map: str | None = None  # e.g. "auto" to spread a model over several GPUs
