@@ -353,6 +353,10 @@ class LoadRun:
             elif observer is not None:
                 health = self.health.sample(self.recorder.interval_schedule_lag_p99_ms())
                 _notify(observer, self.recorder.snapshot(phase, health))
+            else:
+                # Nobody watches, but buffered samples must still be folded in or memory grows with the run.
+                self.health.sample(self.recorder.interval_schedule_lag_p99_ms())
+                self.recorder.fold()
 
 
 def _notify(observer: Observer, snap: Any) -> None:

@@ -131,11 +131,24 @@ class Recorder:
             histograms={m: self.cum[m].view() for m in _VIEW_METRICS if self.cum[m].count},
             health=health,
         )
+        for h in self.cum.values():
+            h.flush()  # schedule metrics are not in the snapshot, but their buffers must not grow
         for h in self.interval.values():
             h.reset()
         self._iv_completed = self._iv_tokens = 0
         self._iv_start_ns = now
         return snap
+
+    def fold(self) -> None:
+        """Fold buffered samples into the histograms and start a new interval, without building a snapshot."""
+        for h in self.cum.values():
+            h.flush()
+        for h in self.interval.values():
+            h.reset()
+        for h in self._delta_hists.values():
+            h.flush()
+        self._iv_completed = self._iv_tokens = 0
+        self._iv_start_ns = perf_counter_ns()
 
     def interval_schedule_lag_p99_ms(self) -> float:
         return self.interval["schedule_lag"].percentile_us(99) / 1000
@@ -143,6 +156,7 @@ class Recorder:
     # ---- worker <-> parent ----
     def delta(self) -> dict[str, Any]:
         """What changed since the previous delta, small enough to send a few times a second."""
+        self.fold()
         counters = {k: v - self._sent_counters.get(k, 0) for k, v in self.counters.items() if k not in _BOUNDS}
         bounds = {k: self.counters[k] for k in _BOUNDS if k in self.counters}
         errors = {k: v - self._sent_errors.get(k, 0) for k, v in self.errors.items()}
