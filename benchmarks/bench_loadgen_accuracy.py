@@ -76,7 +76,7 @@ def main() -> None:
     if args.role == "client":
         role_client(args)
         return
-    print(f"machine: {os.cpu_count()} cores; echo on core 1, client on core 0; {args.streams} streams,"
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: tails follow it); echo on core 1, client on core 0; {args.streams} streams,"
           f" {args.requests} measured requests x {args.tokens} tokens; set ttft {args.ttft_ms} ms, itl {args.itl_ms} ms")  # fmt: skip
     print(f"{'echo loop':<12}{'ttft |err| p50':>16}{'p99':>8}{'max':>8}{'itl |err| p50':>16}{'p99':>8}{'max':>8}"
           f"{'client cpu%':>13}{'loop lag p99':>14}")  # fmt: skip

@@ -54,6 +54,14 @@ def start_echo(tokens: int, itl_ms: float, log: Path) -> tuple[subprocess.Popen[
     raise RuntimeError(log.read_text())
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of the echo server (measured from outside: it is a separate process)."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -156,9 +164,9 @@ def main() -> None:
         print("RESULT " + json.dumps(fn(args)), flush=True)
         return
 
-    print(f"machine: {os.cpu_count()} cores; server on core {SERVER_CORE}, clients on core {CLIENT_CORE}")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: tails follow it); server on core {SERVER_CORE}, clients on core {CLIENT_CORE}")
     print(f"{args.requests} streamed requests x {args.tokens} tokens, echo ttft 1 ms, itl {args.itl_ms} ms\n")
-    header = f"{'client':<20}{'conc':>6}{'req/s':>9}{'chunks/s':>10}{'cpu s':>8}{'chunks/cpu-s':>14}{'ttft p50':>10}"
+    header = f"{'client':<20}{'conc':>6}{'req/s':>9}{'chunks/s':>10}{'cpu s':>8}{'chunks/cpu-s':>14}{'ttft p50':>10}{'echo chunks/cpu-s':>18}"
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_echo(args.tokens, args.itl_ms, Path(tmp) / "echo.log")
@@ -167,7 +175,9 @@ def main() -> None:
                 rows: dict[str, list[dict[str, Any]]] = {}
                 for _ in range(args.repeats):
                     for name, role, workers in CLIENTS:
+                        server_cpu0 = _cpu_s(proc.pid)
                         r = run_client(role, url, conc, args.requests, args.tokens, workers)
+                        r["server_cpu_s"] = _cpu_s(proc.pid) - server_cpu0
                         rows.setdefault(name, []).append(r)
                 med: dict[str, dict[str, float]] = {}
                 for name, runs in rows.items():
@@ -176,12 +186,13 @@ def main() -> None:
                         "cps": statistics.median(r["chunks"] / r["duration_s"] for r in runs),
                         "cpu": statistics.median(r["cpu_s"] for r in runs),
                         "per_cpu": statistics.median(r["chunks"] / r["cpu_s"] for r in runs),
+                        "server_per_cpu": statistics.median(r["chunks"] / max(r["server_cpu_s"], 1e-9) for r in runs),
                         "ttft": statistics.median(r["ttft_p50_ms"] for r in runs),
                         "failed": sum(r["failed"] for r in runs),
                     }
                     med[name] = m
                     print(f"{name:<20}{conc:>6}{m['rps']:>9.0f}{m['cps']:>10.0f}{m['cpu']:>8.2f}"
-                          f"{m['per_cpu']:>14.0f}{m['ttft']:>10.2f}" + (f"  failed {m['failed']}" if m["failed"] else ""))  # fmt: skip
+                          f"{m['per_cpu']:>14.0f}{m['ttft']:>10.2f}{m['server_per_cpu']:>16.0f}" + (f"  failed {m['failed']}" if m["failed"] else ""))  # fmt: skip
                 base = med["vllm bench"]
                 for name in ("hpload", "hpload workers=2", "hpload httpx pool"):
                     print(f"  ratio {name} / vllm bench at {conc}: chunks per CPU-s {med[name]['per_cpu'] / base['per_cpu']:.2f},"

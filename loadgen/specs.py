@@ -117,7 +117,8 @@ class LoadSpec(_Strict):
     first_token_timeout_s: float = Field(default=300.0, gt=0)
     """Seconds from send to the first token before the request fails as ``timeout``."""
     idle_timeout_s: float = Field(default=60.0, gt=0)
-    """Seconds with no bytes after the first token before the request fails as ``timeout`` (a stalled stream)."""
+    """Seconds without a new token after the first one before the request fails as ``timeout`` (a stalled stream;
+    keep-alive comments do not count as progress)."""
     keepalive_expiry_s: float = Field(default=3.0, gt=0, lt=5.0)
     """Idle client connections close after this; below vLLM's and uvicorn's 5 s so the server never closes first."""
     drain_timeout_s: float = Field(default=30.0, ge=0)
