@@ -1,0 +1,154 @@
+"""``hpload run`` end to end against the echo server: resume after SIGKILL, thresholds' exit code, flags-only runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from hpload.loadgen.result import RunResult
+
+SWEEP = """\
+name = "echo-resume"
+
+[[servers]]
+kind = "echo"
+ttft_ms = 5
+itl_ms = 1
+
+[workload]
+input_len = 16
+max_tokens = 8
+
+[load]
+concurrency = 1
+num_requests = 25
+
+[sweep.load]
+concurrency = [1, 2, 3, 4, 5, 6]
+"""
+
+
+def hpload(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hpload", *args]
+
+
+def finished(results: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((results / "points").glob("*.point.json"))}
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL hpload alone (a crash), then clean up the echo server it started in its own session."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    for child in children:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def test_sigkill_mid_sweep_loses_nothing_and_rerun_resumes(tmp_path: Path) -> None:
+    scenario = tmp_path / "sweep.toml"
+    scenario.write_text(SWEEP)
+    results = tmp_path / "res"
+    proc = subprocess.Popen(hpload("run", str(scenario), "--results", str(results), "--quiet"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(finished(results)) < 2:
+            assert proc.poll() is None, "hpload run ended before it could be killed mid-sweep"
+            assert time.monotonic() < deadline, "no two points finished within 120 s"
+            time.sleep(0.05)
+    finally:
+        kill_tree(proc)
+    before = finished(results)
+    assert 2 <= len(before) < 6, "the kill must land mid-sweep"
+    # Every point on disk is whole: its record parses and its result loads with histograms.
+    for name, raw in before.items():
+        record = json.loads(raw)
+        assert record["status"] == "ok"
+        result = RunResult.load(results / record["result_file"])
+        assert result.summary["completed"] == 25
+        assert name.startswith(record["point_id"])
+
+    rerun = subprocess.run(hpload("run", str(scenario), "--results", str(results), "--quiet"),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(before)} already there" in rerun.stdout
+    assert f"{6 - len(before)} measured" in rerun.stdout
+    after = finished(results)
+    assert len(after) == 6
+    for name, raw in before.items():
+        assert after[name] == raw, f"{name} was measured again or rewritten"
+    concurrencies = sorted(json.loads(raw)["settings"]["load.concurrency"] for raw in after.values())
+    assert concurrencies == [1, 2, 3, 4, 5, 6]
+
+
+def test_broken_threshold_exits_99_and_keeps_results(tmp_path: Path) -> None:
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(
+        SWEEP.replace("concurrency = [1, 2, 3, 4, 5, 6]", "concurrency = [1, 2]")
+        + '\n[thresholds]\np99_ttft_ms = "< 0.001"\ncompleted = ">= 1"\n'
+    )
+    results = tmp_path / "res"
+    proc = subprocess.run(hpload("run", str(scenario), "--results", str(results), "--quiet"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 99, proc.stderr
+    broken = [line for line in proc.stderr.splitlines() if "threshold broken" in line]
+    assert len(broken) == 2 and all("p99_ttft_ms" in line for line in broken)
+    assert len(finished(results)) == 2
+    # Thresholds that hold pass: the same results with a loose limit exit 0 without measuring again.
+    scenario.write_text(scenario.read_text().replace('"< 0.001"', '"< 60000"'))
+    again = subprocess.run(hpload("run", str(scenario), "--results", str(results), "--quiet"),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "0 measured, 2 already there" in again.stdout
+
+
+def test_unknown_threshold_metric_is_a_one_line_error(tmp_path: Path) -> None:
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(SWEEP.replace("[1, 2, 3, 4, 5, 6]", "[1]") + '\n[thresholds]\np99_ttft = "< 5"\n')
+    proc = subprocess.run(hpload("run", str(scenario), "--results", str(tmp_path / "r"), "--quiet"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "thresholds.p99_ttft: no such numeric metric" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_flags_alone_run_without_a_scenario(tmp_path: Path) -> None:
+    results = tmp_path / "adhoc"
+    proc = subprocess.run(
+        hpload("run", "--server", "echo", "--concurrency", "3", "--num-requests", "12", "--max-tokens", "4",
+               "--results", str(results), "--quiet"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (record,) = [json.loads(raw) for raw in finished(results).values()]
+    assert record["kind"] == "echo"
+    assert record["summary"]["completed"] == 12
+    assert record["summary"]["total_output_tokens"] == 12 * 4
+    assert "output tokens/s" in proc.stdout and str(results) in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--server", "tgi"], "--server tgi: not a server kind or URL"),
+        (["--set", "load.concurrency"], "--set load.concurrency: no '='"),
+        (["--set", "load.warp=3", "--server", "echo"], "load.warp: unknown key"),
+    ],
+)
+def test_bad_flags_give_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    proc = subprocess.run(hpload("run", *args, "--results", str(tmp_path / "r")), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
