@@ -222,6 +222,7 @@ class RunResult:
             started_at=min(p.started_at for p in parts),
             workers=sum(p.workers for p in parts),
             server_metrics=parts[0].server_metrics,
+            gpu=parts[0].gpu,
         )
         for p in parts:
             for k in SUM_COUNTERS:
