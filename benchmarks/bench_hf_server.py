@@ -86,6 +86,39 @@ async def paired_rounds(server: Server, offline: Offline, batch: int, vocab: int
     return statistics.median(served), statistics.median(local)
 
 
+async def mixed_closed_loop(server: Server, concurrency: int, lengths: list[int], vocab: int,
+                            prompt_tokens: int) -> tuple[float, float, float]:
+    """Closed loop over requests of mixed output lengths: (output tok/s, median TTFT s, p90 TTFT s)."""
+    todo = list(enumerate(lengths))
+    ttfts: list[float] = []
+    produced = 0
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal produced
+        while todo:
+            i, n = todo.pop()
+            body = {"model": server.model, "prompt": prompts(1, prompt_tokens, vocab, seed=1000 + i)[0],
+                    "max_tokens": n, "ignore_eos": True, "temperature": 0, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            sent = time.perf_counter()
+            first = None
+            async with client.stream("POST", "/v1/completions", json=body) as resp:
+                async for line in resp.aiter_lines():
+                    if first is None and line.startswith("data: {") and '"text":"' in line and '"text":""' not in line:
+                        first = time.perf_counter() - sent
+                    if '"usage"' in line:
+                        produced += int(json.loads(line[6:])["usage"]["completion_tokens"])
+            ttfts.append(first if first is not None else time.perf_counter() - sent)
+
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=600, limits=limits, trust_env=False) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        elapsed = time.perf_counter() - start
+    ttfts.sort()
+    return produced / elapsed, statistics.median(ttfts), ttfts[int(0.9 * (len(ttfts) - 1))]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None)
@@ -95,6 +128,9 @@ async def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--max-batch-wait-ms", type=float, default=50.0)
+    parser.add_argument("--mixed-concurrency", type=int, default=16,
+                        help="the mixed-length run: concurrency and batch size (0 skips it)")
+    parser.add_argument("--mixed-requests", type=int, default=64)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch CPU threads, the same offline and served (1: two OpenMP threads on a busy 2-core "
                              "box stall each other, measured 20x slower)")
@@ -125,10 +161,29 @@ async def main() -> None:
         ratio = row["served"] / row["offline"]
         flag = "" if ratio >= 0.8 else "  (< 0.8 target)"
         print(f"{row['mode']:<10} {row['batch']:>6} {row['served']:>14.1f} {row['offline']:>15.1f} {ratio:>7.2f}{flag}")
+    if args.mixed_concurrency:
+        await mixed_section(args, model_dir, vocab)
     by = {(r["mode"], r["batch"]): r["served"] for r in rows}
     for b in sizes:
         if ("pipeline", b) in by and ("continuous", b) in by:
             print(f"continuous / pipeline at batch {b}: {by[('continuous', b)] / by[('pipeline', b)]:.2f}")
+
+
+async def mixed_section(args: argparse.Namespace, model_dir: str, vocab: int) -> None:
+    """Where continuous batching should pay: output lengths that differ, so a static batch runs as long as its longest
+    request and newcomers wait for the whole batch, while the continuous manager refills slots as requests finish."""
+    c = args.mixed_concurrency
+    rng = random.Random(7)
+    lengths = [rng.choice((8, 16, 32, 64, 128, 256)) for _ in range(args.mixed_requests)]
+    print(f"\nmixed output lengths (8..256 tokens, mean {statistics.mean(lengths):.0f}), closed loop at concurrency {c}, "
+          f"batch_size {c}, {len(lengths)} requests:")
+    print("mode        output tok/s   ttft p50 s   ttft p90 s")
+    for mode in args.modes.split(","):
+        settings = HFSettings(model=model_dir, mode=mode, batch_size=c, max_batch_wait_ms=args.max_batch_wait_ms,
+                              dtype="float32", device="cpu", label=f"hf-{mode}-mixed", torch_threads=args.torch_threads)
+        async with make_server(settings) as server:
+            rate, p50, p90 = await mixed_closed_loop(server, c, lengths, vocab, args.prompt_tokens)
+        print(f"{mode:<10} {rate:>13.1f} {p50:>12.3f} {p90:>12.3f}", flush=True)
 
 
 if __name__ == "__main__":
