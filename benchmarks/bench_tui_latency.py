@@ -149,9 +149,9 @@ def measure(label: str, args: argparse.Namespace, workdir: Path, *, load: bool, 
             else:
                 times_ms.append(elapsed * 1000)
             time.sleep(random.uniform(0.15, 0.4))
-        health = re.findall(rb"client\s+cpu \d+%[^\n\x1b]*", ANSI.sub(b"", term.seen))
+        health = re.findall(rb"client\s+cpu \d+%\s+loop lag \S+\s+sched lag \S+", ANSI.sub(b"", term.seen))
         warned = b"CLIENT IS THE BOTTLENECK" in ANSI.sub(b"", term.seen)
-        rate = re.findall(rb"requests/s (\S+)", ANSI.sub(b"", term.seen))
+        rate = re.findall(rb"requests/s (\d[\d,.]*)", ANSI.sub(b"", term.seen))
     finally:
         term.close()
     leftovers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]

@@ -154,7 +154,9 @@ async def test_two_servers_side_by_side_share_axes(tmp_path: Path) -> None:
         for metric in ("ttft", "itl", "e2el"):
             a, b = fast.histogram(metric), slow.histogram(metric)
             assert a.axis is not None and a.axis == b.axis, metric  # one axis per metric for both columns
-            assert a.scale_share == b.scale_share
+            assert a.peers == b.peers and len(a.peers) == 2
+            width = a.content_size.width
+            assert a.scale_share(width) == b.scale_share(width) > 0
         assert slow.histogram("ttft").view.p50_ms > fast.histogram("ttft").view.p50_ms  # type: ignore[union-attr]
         # Each finished point is listed, and one (the faster) is marked best.
         table = run.query_one("#points")

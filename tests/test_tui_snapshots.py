@@ -105,7 +105,9 @@ def batches(labels: list[str], *, bottleneck: bool, points: bool) -> list[Batch]
         snaps = {label: snapshot(label, step, 1.0 + 2.5 * i, bottleneck=bottleneck and i == 0)
                  for i, label in enumerate(labels)}
         out.append(Batch(snapshots=snaps))
-    logs = {label: "\n".join(f"INFO 11-27 09:{i:02d}:00 [{label}] 200 OK POST /v1/completions" for i in range(12))
+    # The last line is far wider than any column: it must be cut, not wrapped over the lines above it.
+    logs = {label: "\n".join([*(f"INFO 11-27 09:{i:02d}:00 [{label}] 200 OK POST /v1/completions" for i in range(12)),
+                              "WARNING\ta very long line " + "x" * 300])
             for label in labels}
     out.append(Batch(logs=logs))
     if points:

@@ -52,12 +52,24 @@ class LatencyHistogram(Widget):
         self.metric = metric
         self.view: HistogramView | None = None
         self.axis: LogAxis | None = None
-        self.scale_share = 0.0  # the column share that fills the full height
+        # Every view drawn against the same axes (side-by-side columns): the fullest column of any of them fills
+        # the height. Kept as views, not as a number, because a column's share depends on this widget's width,
+        # which is only certain at render time.
+        self.peers: tuple[HistogramView, ...] = ()
         self._styles: dict[str, Style] = {}
 
-    def show(self, view: HistogramView | None, axis: LogAxis | None, scale_share: float) -> None:
-        self.view, self.axis, self.scale_share = view, axis, scale_share
+    def show(
+        self, view: HistogramView | None, axis: LogAxis | None, peers: tuple[HistogramView, ...] = ()
+    ) -> None:
+        self.view, self.axis, self.peers = view, axis, peers
         self.refresh()
+
+    def scale_share(self, width: int) -> float:
+        """The column share that fills the full height at ``width`` columns."""
+        if self.axis is None:
+            return 0.0
+        views = self.peers or ((self.view,) if self.view is not None else ())
+        return max((max(column_shares(v, self.axis, width), default=0.0) for v in views), default=0.0)
 
     def _style(self, part: str) -> Style:
         return self._styles[part]
@@ -78,7 +90,7 @@ class LatencyHistogram(Widget):
             return Text("\n", no_wrap=True, overflow="crop").join(lines)
         bar_height = max(height - 3, 1)
         shares = column_shares(view, axis, width)
-        for row in bar_rows(shares, bar_height, self.scale_share or max(shares)):
+        for row in bar_rows(shares, bar_height, self.scale_share(width) or max(shares)):
             lines.append(Text(row, style=self._style("bar"), no_wrap=True))
         if height >= 4:
             lines.append(self._marker_row(view, axis, width))

@@ -113,9 +113,15 @@ class LogTail(Widget):
         self.refresh()
 
     def render(self) -> Text:
-        height = self.content_size.height
+        width, height = self.content_size.width, self.content_size.height
         shown = self.lines[-height:] if height > 0 else []
-        return Text("\n".join(shown), no_wrap=True, overflow="ellipsis")
+        # Cut here rather than trusting no_wrap: a wrapped line would push the newest lines off the bottom.
+        cut = []
+        for line in shown:
+            text = Text(line.expandtabs(4))
+            text.truncate(width, overflow="ellipsis")
+            cut.append(text)
+        return Text("\n").join(cut)
 
 
 class ServerPanel(Vertical):
@@ -171,8 +177,9 @@ class ServerPanel(Vertical):
 
     def set_snapshot(self, snap: Snapshot) -> None:
         self.snapshot = snap
-        self.req_rate.push(snap.request_rate)
-        self.tok_rate.push(snap.output_token_rate)
+        if not snap.done:  # the final snapshot's interval is a sliver of the drain: its rate is noise
+            self.req_rate.push(snap.request_rate)
+            self.tok_rate.push(snap.output_token_rate)
         self._redraw_text()
 
     def set_log(self, text: str) -> None:
@@ -189,7 +196,7 @@ class ServerPanel(Vertical):
         head.append(f" {self.label}", style="bold")
         head.append(f" {self.state}")
         if snap is not None:
-            head.append(f"  {snap.phase} {snap.elapsed_s:.1f}s")
+            head.append(f"  {snap.phase if self.state == 'running' else ''} {snap.elapsed_s:.1f}s")
         if self.detail and self.state in ("failed", "done", "stopped", "starting"):
             head.append(f"  {self.detail}", style="italic")
         head.append("\n" + counters_line(snap))

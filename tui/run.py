@@ -15,7 +15,6 @@ from pathlib import Path
 from hpload.loadgen.snapshot import HistogramView, Snapshot
 from hpload.tui.engine import EngineProcess
 from hpload.tui.feed import Batch, Feed, PointDone, ServerState
-from hpload.tui.histogram import column_shares
 from hpload.tui.logaxis import LogAxis
 from hpload.tui.panels import HIST_METRICS, PointsTable, ServerPanel
 from hpload.tui.session import RUN, RunPlan, Session
@@ -183,17 +182,10 @@ class RunScreen(Screen[None]):
     def _draw_histograms(self) -> None:
         live = [p for p in self.panels() if p.snapshot is not None]
         for metric in HIST_METRICS:
-            views = [_hist(p.snapshot, metric) for p in live]
-            axis = LogAxis.covering(views)
-            # One y scale for every column of a metric: the fullest column of any server fills the height.
-            top = 0.0
+            views = tuple(v for p in live if (v := _hist(p.snapshot, metric)) is not None)
+            axis = LogAxis.covering(views)  # one x axis and one y scale per metric for every column
             for panel in live:
-                view = _hist(panel.snapshot, metric)
-                if view is not None and axis is not None:
-                    width = max(panel.histogram(metric).content_size.width, 1)
-                    top = max(top, *column_shares(view, axis, width))
-            for panel in live:
-                panel.histogram(metric).show(_hist(panel.snapshot, metric), axis, top)
+                panel.histogram(metric).show(_hist(panel.snapshot, metric), axis, views)
 
     def _share_rate_scales(self) -> None:
         panels = self.panels()
@@ -205,13 +197,11 @@ class RunScreen(Screen[None]):
                 history.refresh()
 
     def on_resize(self) -> None:
-        # Breakpoint classes are updated on resize, then the views follow; column widths changed too, so the
-        # shared y scale (share of samples per column) must be recomputed.
+        # Breakpoint classes are updated on resize; the views follow them.
         self.call_after_refresh(self._after_resize)
 
     def _after_resize(self) -> None:
         self._show_view()
-        self._draw_histograms()
         self._update_runbar()
 
     # -- small parts --------------------------------------------------------------------------------------------
