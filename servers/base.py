@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import os
 import re
 import socket
@@ -23,6 +24,8 @@ import httpx
 
 from hpload import procs
 from hpload.errors import ServerError, one_line
+
+log = logging.getLogger("hpload.servers")
 
 # Lines that usually name why a Python server died; the last one wins.
 _CAUSE_RE = re.compile(r"\b(\w+(Error|Exception|Exit)|Traceback|error:|Killed|CUDA out of memory)", re.IGNORECASE)
@@ -164,6 +167,9 @@ class ProcessServer(Server):
     async def start(self) -> None:
         if self._child is not None:
             raise ServerError(f"server {self.label}: already started")
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("server %s binds %s: reachable beyond this machine (hpload's default is 127.0.0.1)",
+                        self.label, self.host)
         port = self._port or free_port(self.host)
         self._port = port
         workdir = self._workdir or Path(tempfile.mkdtemp(prefix="hpload-"))

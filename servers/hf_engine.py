@@ -412,6 +412,7 @@ class ContinuousEngine(Engine):
         )
         self.manager.start()
         self._sent: dict[str, int] = {}
+        self._closed = False
 
     def submit(self, stream: Stream) -> None:
         p = stream.params
@@ -478,5 +479,10 @@ class ContinuousEngine(Engine):
         return sum(1 for s in self._streams if s.first_token_ns is not None)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # hard_stop: the manager's thread is not a daemon, and a flushing stop would hold process exit until every
+        # request in flight had finished generating.
         with contextlib.suppress(Exception):
-            self.manager.stop(block=True, timeout=5)
+            self.manager.stop(block=True, timeout=5, hard_stop=True)

@@ -68,7 +68,9 @@ def vllm_server(tiny_model: Path, server_workdir: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def hf_server(tiny_model: Path, server_workdir: Path) -> Iterator[Server]:
-    settings = HFSettings(model=str(tiny_model), mode="pipeline", batch_size=8, dtype="float32", device="cpu")
+    # One torch thread: on a small shared CPU two OpenMP threads stall each other (measured 20x slower).
+    settings = HFSettings(model=str(tiny_model), mode="pipeline", batch_size=8, dtype="float32", device="cpu",
+                          torch_threads=1)
     server = start_server(make_server(settings, workdir=server_workdir))
     try:
         yield server
