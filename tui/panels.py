@@ -167,7 +167,7 @@ class ServerPanel(Vertical):
         self.req_rate.clear()
         self.tok_rate.clear()
         for metric in HIST_METRICS:
-            self.histogram(metric).show(None, None, 0.0)
+            self.histogram(metric).show(None, None)
         self.query_one(".log-view", LogTail).show("")
         self._redraw_text()
 
