@@ -157,7 +157,8 @@ class WrapperApp:
             max_tokens=max_tokens,
             min_tokens=min(req.min_tokens, max_tokens),
             ignore_eos=req.ignore_eos,
-            temperature=req.temperature,
+            # Below this, logits / temperature overflows to inf and sampling breaks: it is greedy anyway.
+            temperature=req.temperature if req.temperature >= 1e-5 else 0.0,
             top_p=req.top_p,
             seed=req.seed,
         )
@@ -179,7 +180,13 @@ class WrapperApp:
         if req.model != self.model_name:
             raise oa.ApiError(404, f"model: '{req.model}' is not served here; use '{self.model_name}'", param="model",
                               code="model_not_found")
-        prompt_ids = self._prompt_ids(req)
+        try:
+            prompt_ids = self._prompt_ids(req)
+        except oa.ApiError:
+            raise
+        except Exception as err:  # noqa: BLE001 - text the tokenizer or template rejects (lone surrogates...) is bad input
+            field = "messages" if kind == "chat" else "prompt"
+            raise oa.ApiError(400, f"{field}: cannot be tokenized ({type(err).__name__})", param=field) from None
         params = self._params(req, len(prompt_ids))
         stream = Stream(prompt_ids=prompt_ids, params=params, loop=asyncio.get_running_loop())
         self.engine.submit(stream)

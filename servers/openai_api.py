@@ -43,7 +43,7 @@ class _Common(BaseModel):
     ignore_eos: bool = False
     temperature: float = Field(default=1.0, ge=0, le=10)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator.manual_seed takes
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -102,8 +102,8 @@ class ChatRequest(_Common):
 def parse_request(raw: bytes, kind: Literal["completion", "chat"]) -> CompletionRequest | ChatRequest:
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ApiError(400, f"body: not valid JSON ({err})") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(400, f"body: not valid JSON ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict):
         raise ApiError(400, "body: expected a JSON object")
     model_cls: type[CompletionRequest | ChatRequest] = CompletionRequest if kind == "completion" else ChatRequest

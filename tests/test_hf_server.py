@@ -62,6 +62,9 @@ async def test_invalid_requests_get_4xx_and_the_server_stays_up(hf_server: Serve
         ("/v1/completions", {"model": model, "prompt": "x", "max_tokens": 2048}, 400, "max_tokens"),
         ("/v1/completions", {"model": model, "prompt": [1, 2, 999999]}, 400, "prompt"),
         ("/v1/chat/completions", {"model": model, "messages": []}, 400, "messages"),
+        ("/v1/completions", b'{"model": ' + json.dumps(model).encode() + b', "prompt": "a\\ud800b"}', 400, "prompt"),
+        ("/v1/completions", {"model": model, "prompt": "x", "seed": 2**70}, 400, "seed"),
+        ("/v1/completions", b"[" * 50000, 400, "JSON"),
         ("/v1/no-such-route", {"model": model}, 404, "no-such-route"),
     ]
     for path, body, status, word in cases:
@@ -72,6 +75,10 @@ async def test_invalid_requests_get_4xx_and_the_server_stays_up(hf_server: Serve
     assert hf_server.alive()
     ok = await _post(hf_server, "/v1/completions", {"model": model, "prompt": "x", "max_tokens": 2})
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 2
+    # A temperature so small that logits / temperature overflows is served as greedy, not as a failed batch.
+    tiny_t = await _post(hf_server, "/v1/completions", {"model": model, "prompt": "x", "max_tokens": 2,
+                                                        "temperature": 1e-300, "ignore_eos": True})
+    assert tiny_t.status_code == 200 and tiny_t.json()["usage"]["completion_tokens"] == 2
 
 
 async def test_per_request_lengths_seed_and_stop(hf_server: Server) -> None:
