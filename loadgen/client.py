@@ -205,7 +205,8 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord) -> None:
                 else:
                     rec.first_ns = now
                 rec.last_ns = now
-                rec.chunk_tokens += 1
+                ids = choices[0].get("token_ids")  # present when the workload asks for return_token_ids
+                rec.chunk_tokens += len(ids) if isinstance(ids, list) else 1
             usage = obj.get("usage")
             if usage:
                 rec.usage_out = usage.get("completion_tokens")

@@ -104,7 +104,9 @@ class RunResult:
 
     @property
     def token_check(self) -> dict[str, Any]:
-        """Server usage vs what the client saw: output tokens vs token chunks, prompt tokens vs the client tokenizer."""
+        """Server usage vs the client's own counts. Output: ``output_chunk_tokens`` is one per token-bearing chunk, or
+        the chunks' token ids where the workload asked for ``return_token_ids``. Prompt: the client tokenizer's count of
+        each synthetic prompt (completions endpoint). ``*_mismatch`` counts requests whose two counts differ."""
         c = self.counters
         return {
             "usage_reported": int(c.get("usage_reported", 0)),
@@ -315,5 +317,7 @@ def format_table(result: RunResult) -> str:
 
 def _write_error(path: Path, err: OSError) -> HploadError:
     """A full disk or a read-only directory is the user's to fix: one line, not a traceback."""
-    return HploadError(f"result file {path}: cannot write it ({err.strerror or err}); fix: free space on that disk "
-                       "or choose another results directory")
+    return HploadError(
+        f"result file {path}: cannot write it ({err.strerror or err}); fix: free space on that disk "
+        "or choose another results directory"
+    )

@@ -55,6 +55,9 @@ class WorkloadSpec(_Strict):
     """Sent as vLLM's ``min_tokens`` extension; None = not sent."""
     ignore_eos: bool = False
     """vLLM's ``ignore_eos``: every request generates exactly ``max_tokens`` (fixed output lengths)."""
+    return_token_ids: bool = False
+    """vLLM extension: each streamed chunk carries its token ids, so the client counts output tokens itself (exact
+    even when a chunk holds several tokens) and checks the count against the server's usage."""
     temperature: float | None = Field(default=0.0, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int = 0

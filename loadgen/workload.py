@@ -152,6 +152,8 @@ def _body(spec: WorkloadSpec, target: Target, item: dict[str, Any]) -> dict[str,
         body["top_p"] = spec.top_p
     if spec.ignore_eos:
         body["ignore_eos"] = True
+    if spec.return_token_ids:
+        body["return_token_ids"] = True
     if spec.min_tokens is not None:
         body["min_tokens"] = spec.min_tokens
     return body

@@ -40,10 +40,13 @@ async def check_counts(server: Server, tiny_model: Path, workload: WorkloadSpec)
 
 
 async def test_vllm_token_counts_match_usage(vllm_server: Server, tiny_model: Path) -> None:
-    workload = WorkloadSpec(input_len=INPUT_LEN, max_tokens=MAX_TOKENS, ignore_eos=True, num_prompts=N)
+    workload = WorkloadSpec(
+        input_len=INPUT_LEN, max_tokens=MAX_TOKENS, ignore_eos=True, num_prompts=N, return_token_ids=True
+    )
     tc = await check_counts(vllm_server, tiny_model, workload)
     assert tc["output_usage_tokens"] == N * MAX_TOKENS  # ignore_eos: fixed output lengths
-    assert tc["output_usage_mismatch"] == 0  # vLLM streams one chunk per token
+    # The client's own count from the streamed token ids equals the server's usage, request by request.
+    assert tc["output_chunk_tokens"] == N * MAX_TOKENS and tc["output_usage_mismatch"] == 0
 
 
 async def test_hf_wrapper_token_counts_match_usage(hf_server: Server, tiny_model: Path) -> None:
