@@ -12,7 +12,7 @@ import pytest
 from hpload.tui.app import HploadApp
 from hpload.tui.help import HelpScreen, binding_rows
 from hpload.tui.histogram import LatencyHistogram
-from hpload.tui.panels import LogTail, ServerPanel
+from hpload.tui.panels import LogTail, PointsTable, ServerPanel
 from hpload.tui.plans import ScenarioChoice
 from hpload.tui.run import RunScreen
 from hpload.tui.setup import SetupScreen
@@ -271,3 +271,52 @@ async def test_a_server_that_cannot_start_shows_as_failed(tmp_path: Path) -> Non
         if panel.snapshot is not None:  # the attach worked and every request failed: the errors say how
             assert panel.snapshot.requests_failed > 0
             assert "errors  none" not in str(panel.query_one(".errors", Static).content)
+
+
+TUNE = """
+name = "tui-tune"
+[[servers]]
+kind = "echo"
+ttft_ms = 2.0
+itl_ms = 0.5
+[workload]
+input_len = 16
+num_prompts = 20
+max_tokens = 8
+[load]
+concurrency = 1
+duration_s = 1.5
+[slo]
+ttft_p99_ms = 10000
+[tune]
+sampler = "grid"
+n_trials = 3
+objective = "output_throughput"
+[tune.space.load]
+concurrency = { values = [1, 2, 4] }
+"""
+
+
+async def test_tuning_study_fills_the_points_table_and_marks_the_best(tmp_path: Path) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    path = tmp_path / "tui-tune.toml"
+    path.write_text(TUNE)
+    app = HploadApp([ScenarioChoice("tui-tune", path)], initial="tui-tune", results_root=tmp_path / "results")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 5, "the run screen")
+        run = app.screen
+        assert isinstance(run, RunScreen)
+        await wait_for(pilot, lambda: run.session is not None and not run.running, 120, "the study to finish")
+        await pilot.pause(0.3)
+        assert run.outcome is not None and run.outcome.state == "done", run.outcome
+        table = run.query_one(PointsTable)
+        assert table.row_count == 3
+        assert table.display  # wide and tall: the table shows beside the live views
+        stars = [row for row in table.rows if table.get_cell(row, "best") == "★"]
+        assert len(stars) == 1
+        settings = {str(table.get_cell(row, "settings")) for row in table.rows}
+        # The scenario's own setting (concurrency 1) is measured first; the grid may propose it again, which the
+        # tuner answers from memory: at least two distinct settings, all from the space.
+        assert len(settings) >= 2 and settings <= {"concurrency=1", "concurrency=2", "concurrency=4"}
+    assert spawned_children(before) == []

@@ -218,7 +218,7 @@ class ServerPanel(Vertical):
 class PointsTable(DataTable[Any]):
     """Finished points of a sweep or tuning study; the best feasible one carries a ★."""
 
-    COLUMNS = ("best", "#", "server", "settings", "req/s", "out tok/s", "ttft p99", "tpot p99", "SLO")
+    COLUMNS = ("best", "#", "server", "settings", "req/s", "out tok/s", "goodput", "ttft p99", "tpot p99", "SLO")
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -240,6 +240,7 @@ class PointsTable(DataTable[Any]):
             settings or "-",
             num("request_throughput", "{:.2f}"),
             num("output_throughput", "{:.1f}"),
+            num("request_goodput", "{:.2f}"),
             num("p99_ttft_ms", "{:.1f}ms"),
             num("p99_tpot_ms", "{:.1f}ms"),
             "ok" if point.feasible else f"miss {point.note}".strip(),

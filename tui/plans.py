@@ -62,8 +62,9 @@ def load_plan(choice: ScenarioChoice) -> RunPlan:
     sc = load_scenario(str(choice.path) if choice.path else choice.name).scenario
     notes = []
     if sc.tune is not None:
-        notes.append("the [tune] study runs with `hpload tune`; here its base settings run as one point")
-    return RunPlan(scenario=sc.model_copy(update={"tune": None}) if sc.tune else sc, notes=tuple(notes))
+        notes.append(f"tuning: {sc.tune.n_trials} trials per server ({sc.tune.sampler}, maximising "
+                     f"{sc.tune.objective}); the points table marks the best feasible trial")
+    return RunPlan(scenario=sc, notes=tuple(notes))
 
 
 def knobs_of(plan: RunPlan) -> Knobs:

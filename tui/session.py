@@ -29,6 +29,7 @@ from hpload.errors import HploadError, one_line
 if TYPE_CHECKING:
     from hpload.scenarios.points import Point
     from hpload.scenarios.results import PointRecord
+    from hpload.scenarios.tuning import Outcome
 
 LOG_POLL_S = 1.0
 LOG_LINES = 60
@@ -83,6 +84,7 @@ class Session:
         self._best: tuple[float, int] | None = None
         self._log_seen: dict[str, str] = {}
         self._point_detail: dict[str, str] = {}
+        self._points = 0  # rows in the points table (tuning trials are numbered per server)
         self.error: str | None = None
 
     def stop(self) -> None:
@@ -112,6 +114,7 @@ class Session:
         self.feed.event(ServerState(settings.label, "starting", f"{settings.kind} server"))
 
     def point_finished(self, index: int, total: int, record: PointRecord, skipped: bool) -> None:
+        self._points += 1
         violations = self._violations(record)
         feasible = record.ok and not violations
         objective = float(record.summary.get("output_throughput") or 0.0)
@@ -130,6 +133,28 @@ class Session:
         else:
             state, detail = "done", f"point {index}/{total}" + (f", misses: {violations[0]}" if violations else "")
         self.feed.event(ServerState(record.label, state, one_line(detail, 200)))
+
+    def trial_finished(
+        self, label: str, number: int, total: int, params: dict[str, Any], outcome: Outcome, reused: bool
+    ) -> None:
+        """A tuning trial ended: one more row in the points table (the tuner's listener protocol)."""
+        assert self.plan.scenario.tune is not None
+        objective = self.plan.scenario.tune.objective
+        value = outcome.value if not outcome.failed else None
+        best = False
+        if outcome.feasible and value is not None and (self._best is None or value > self._best[0]):
+            self._best, best = (value, self._points + 1), True
+        broken = [f"{name} +{excess:.3g}" for name, excess in outcome.constraints.items() if excess > 0]
+        note = outcome.error or "; ".join(broken)
+        if reused:
+            note = f"known point{': ' + note if note else ''}"
+        self._points += 1
+        self.feed.event(
+            PointDone(index=self._points, label=label, values=dict(params), summary={objective: value},
+                      feasible=outcome.feasible, best=best, note=note)
+        )
+        state = "failed" if outcome.failed else "done"
+        self.feed.event(ServerState(label, state, f"trial {number}/{total}"))
 
     def observe(self, snap: Snapshot) -> None:
         if self._starting == snap.label:
@@ -150,13 +175,16 @@ class Session:
     # -- the run ----------------------------------------------------------------------------------------------
     async def _main(self) -> None:
         from hpload.scenarios.runner import run_scenario
+        from hpload.scenarios.tune_runner import tune_scenario
 
         self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         if self._stop_requested.is_set():
             self._stop.set()
-        job = asyncio.create_task(
-            run_scenario(
+        # A [tune] table makes the run a study (Optuna asks, the runner measures); otherwise every point runs.
+        work = tune_scenario if self.plan.scenario.tune is not None else run_scenario
+        job: asyncio.Task[Any] = asyncio.create_task(
+            work(  # type: ignore[operator]
                 self.plan.scenario,
                 results_dir=self.results_dir,
                 listener=self,
@@ -183,7 +211,7 @@ class Session:
                 self.error = f"{type(err).__name__}: {one_line(str(err), 300)}"
                 self.feed.event(ServerState(RUN, "failed", self.error))
                 return
-            stopped = self._stop.is_set() or (report is not None and report.stopped)
+            stopped = self._stop.is_set() or bool(getattr(report, "stopped", False))
             self.feed.event(ServerState(RUN, "stopped" if stopped else "done", str(self.results_dir)))
         finally:
             for task in (follow, stop_wait):
