@@ -104,12 +104,13 @@ def run_config(target: Target, workload: WorkloadSpec, load: LoadSpec, slo: SLO 
     }
 
 
-def make_clients(load: LoadSpec, streams: int) -> list[httpx.AsyncClient]:
+def make_clients(load: LoadSpec, streams: int, url: str = "http://") -> list[httpx.AsyncClient]:
     """The HTTP clients for one process. Default: one httpx client over :class:`LeanTransport` (chosen by
-    benchmarks/bench_loadgen_capacity.py). ``HPLOAD_LOADGEN_TRANSPORT=httpcore`` gives httpx's own pool, sharded,
-    because that pool does work per connection on every request, so small pools scale better."""
+    benchmarks/bench_loadgen_capacity.py). HTTPS targets, or ``HPLOAD_LOADGEN_TRANSPORT=httpcore``, get httpx's own
+    pool, sharded, because that pool does work per connection on every request, so small pools scale better."""
     timeout = httpx.Timeout(connect=load.connect_timeout_s, read=None, write=load.connect_timeout_s, pool=None)
-    if os.environ.get("HPLOAD_LOADGEN_TRANSPORT", "lean") != "httpcore":
+    lean = url.startswith("http://") and os.environ.get("HPLOAD_LOADGEN_TRANSPORT", "lean") != "httpcore"
+    if lean:
         transport = LeanTransport(keepalive_expiry_s=load.keepalive_expiry_s, connect_timeout_s=load.connect_timeout_s)
         return [httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)]
     shards = max(1, math.ceil(streams / STREAMS_PER_CLIENT))
@@ -176,7 +177,7 @@ class LoadRun:
             schedule, warm = [], 0
             streams = load.peak_concurrency or 1
         streams = max(1, math.ceil(streams / self.share.count))
-        self._clients = make_clients(load, streams)
+        self._clients = make_clients(load, streams, self.url)
         if self.requests_path is not None:
             self.requests_path.parent.mkdir(parents=True, exist_ok=True)
             self._out = self.requests_path.open("w")
