@@ -79,7 +79,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: tails follow it); echo on core 1, client on core 0; {args.streams} streams,"
           f" {args.requests} measured requests x {args.tokens} tokens; set ttft {args.ttft_ms} ms, itl {args.itl_ms} ms")  # fmt: skip
     print(f"{'echo loop':<12}{'ttft |err| p50':>16}{'p99':>8}{'max':>8}{'itl |err| p50':>16}{'p99':>8}{'max':>8}"
-          f"{'client cpu%':>13}{'loop lag p99':>14}")  # fmt: skip
+          f"{'client cpu%':>13}{'loop lag p99':>14}{'echo late mean':>16}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("--precise", ""):
             log = Path(tmp) / "echo.log"
@@ -113,9 +113,11 @@ def main() -> None:
             )
             i50, i99, imax = abs_error_percentiles(raw["histograms"]["itl"], args.itl_ms)
             h = raw["health"]
+            # The echo server's own view (/metrics): how late its first writes were, i.e. the server's share.
+            echo_late_ms = (raw.get("server_metrics") or {}).get("ttft_mean_ms", float("nan")) - args.ttft_ms
             print(f"{mode.strip('-') or 'epoll':<12}{np.percentile(ttft_err, 50):>16.3f}{np.percentile(ttft_err, 99):>8.3f}"
                   f"{ttft_err.max():>8.3f}{i50:>16.3f}{i99:>8.3f}{imax:>8.3f}{h['cpu_percent']:>13.0f}"
-                  f"{h['loop_lag_p99_ms']:>14.2f}")  # fmt: skip
+                  f"{h['loop_lag_p99_ms']:>14.2f}{echo_late_ms:>16.3f}")  # fmt: skip
             if raw["summary"]["failed"]:
                 print(f"  failed: {raw['summary']['failed']} {raw['errors']}")
 
