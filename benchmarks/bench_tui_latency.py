@@ -10,8 +10,9 @@ Presses are spaced 150-400 ms apart at random so they do not line up with the 0.
 Three rows, side by side in one run: no load (the run screen after its run was stopped: the floor), and load at capacity with the engine in a child
 process (the default) and in a thread of the UI process (``--engine thread``, the design it replaced). At
 capacity means the echo server answers instantly (0 ms TTFT and ITL) at high concurrency, so the client, not the
-server, is the limit; the run's own client-health line says so. Goal: median and p99 under 100 ms.
-Prints figures, asserts nothing.
+server, is the limit; the run's own client-health line says so. Goal: median and p99 under 100 ms. On a shared
+2-core box the tail is the scheduler's: the UI, the engine and the echo server are three busy processes on two
+cores, so read the p99 beside the machine's load average (printed). Prints figures, asserts nothing.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def measure(label: str, args: argparse.Namespace, workdir: Path, *, load: bool, 
         "median_ms": statistics.median(times_ms) if times_ms else float("nan"),
         "p99_ms": times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))] if times_ms else float("nan"),
         "max_ms": times_ms[-1] if times_ms else float("nan"),
+        "under_100": sum(t < 100 for t in times_ms) / len(times_ms) if times_ms else float("nan"),
         "req_s": rate[-1].decode() if rate else "-",
         "health": health[-1].decode() if health else "-",
         "bottleneck_warning": warned,
@@ -185,11 +187,12 @@ def main() -> int:
         rows.append(measure("at capacity, engine in a process", args, workdir, load=True, engine="process"))
         rows.append(measure("at capacity, engine in a thread", args, workdir, load=True, engine="thread"))
     print(f"hpload tui key-press-to-screen latency, {args.cols}x{args.rows} pty, {args.presses} presses per row, "
-          f"echo 0 ms at concurrency {args.concurrency}, {os.cpu_count()} CPUs")
-    print(f"{'row':<36} {'n':>4} {'miss':>4} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}  req/s   leftover  client")
+          f"echo 0 ms at concurrency {args.concurrency}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'row':<36} {'n':>4} {'miss':>4} {'median ms':>10} {'p99 ms':>8} {'max ms':>8} {'<100ms':>7}  req/s"
+          "   leftover  client")
     for r in rows:
         print(f"{r['label']:<36} {r['n']:>4} {r['misses']:>4} {r['median_ms']:>10.1f} {r['p99_ms']:>8.1f} "
-              f"{r['max_ms']:>8.1f}  {r['req_s']:<7} {r['leftover_processes']:>8}  {r['health']}"
+              f"{r['max_ms']:>8.1f} {r['under_100']:>7.0%}  {r['req_s']:<7} {r['leftover_processes']:>8}  {r['health']}"
               f"{'  [bottleneck warning shown]' if r['bottleneck_warning'] else ''}")
     return 0
 
