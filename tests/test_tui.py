@@ -311,7 +311,7 @@ async def test_tuning_study_fills_the_points_table_and_marks_the_best(tmp_path: 
         await pilot.pause(0.3)
         assert run.outcome is not None and run.outcome.state == "done", run.outcome
         table = run.query_one(PointsTable)
-        assert table.row_count == 3
+        assert table.row_count >= 3  # every trial the tuner reports, re-proposed known points included
         assert table.display  # wide and tall: the table shows beside the live views
         stars = [row for row in table.rows if table.get_cell(row, "best") == "★"]
         assert len(stars) == 1
