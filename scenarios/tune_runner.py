@@ -157,7 +157,7 @@ async def tune_server(
     try:
         # Asks are bounded: when every point of a small space is known, proposals only repeat.
         for _ in range(tune.n_trials * 20):
-            if tuner.n_complete >= tune.n_trials or (stop is not None and stop.is_set()):
+            if tuner.n_measured >= tune.n_trials or (stop is not None and stop.is_set()):
                 break
             proposal: Proposal = await asyncio.to_thread(tuner.ask)
             server, workload, load = apply_settings(
@@ -173,7 +173,7 @@ async def tune_server(
             report.reused += 1 if reused else 0
             if defaults and proposal.params == defaults and outcome.feasible:
                 report.default_value = outcome.value
-            listener.trial_finished(base.label, tuner.n_complete, tune.n_trials, proposal.params, outcome, reused)
+            listener.trial_finished(base.label, tuner.n_measured, tune.n_trials, proposal.params, outcome, reused)
     finally:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(keeper.close())

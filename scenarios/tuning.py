@@ -9,9 +9,11 @@ repeat costs minutes and tells the sampler nothing new.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import socket
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -66,14 +68,18 @@ def make_sampler(
     import optuna
 
     if name == "tpe":
-        # multivariate TPE models the interaction of batch size and parallelism (their peaks move together);
-        # a short random start leaves more of a small budget to the model.
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=4 if n_startup_trials is None else n_startup_trials,
-            multivariate=True,
-            group=True,
-        )
+        # Tuned on the recorded A100 landscapes (benchmarks/bench_tuner.py): multivariate TPE models how batch size
+        # and parallelism interact (their peaks move together); a 3-trial random start and a good group of the top
+        # quarter leave most of a small budget to the model.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=3 if n_startup_trials is None else n_startup_trials,
+                multivariate=True,
+                group=True,
+                gamma=_top_quarter,
+            )
     if name == "gp":
         return optuna.samplers.GPSampler(
             seed=seed,
@@ -85,21 +91,30 @@ def make_sampler(
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
         grid = {key: [spec.encode(v) for v in spec.grid()] for key, spec in space.items()}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+
+        class AskTellGrid(optuna.samplers.GridSampler):
+            # GridSampler calls study.stop() once the grid is spent, which Optuna allows only inside optimize();
+            # the ask/tell loop stops on its own budget, and proposals after that repeat known points.
+            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                return None
+
+        return AskTellGrid(grid, seed=seed)
     raise HploadError(f"tune.sampler: unknown sampler '{name}'; fix: use one of {', '.join(SAMPLERS)}")
 
 
-def _distribution(spec: ParamSpec) -> optuna.distributions.BaseDistribution:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+def _top_quarter(n: int) -> int:
+    return max(1, min(round(0.25 * n), 25))
 
+
+def _suggest(trial: Any, name: str, spec: ParamSpec) -> Any:
     if spec.values is not None:
-        return IntDistribution(0, len(spec.values) - 1)
+        return trial.suggest_int(name, 0, len(spec.values) - 1)
     if spec.choices is not None:
-        return CategoricalDistribution(spec.choices)
+        return trial.suggest_categorical(name, spec.choices)
     assert spec.low is not None and spec.high is not None
     if spec.is_int:
-        return IntDistribution(int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1))
-    return FloatDistribution(float(spec.low), float(spec.high), log=spec.log, step=spec.step)
+        return trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1))
+    return trial.suggest_float(name, float(spec.low), float(spec.high), log=spec.log, step=spec.step)
 
 
 def _owner() -> str:
@@ -136,7 +151,6 @@ class Tuner:
         if not space:
             raise HploadError("tune.space: empty; fix: add at least one [tune.space.server.X] or [tune.space.load.X]")
         self.space = dict(space)
-        self._distributions = {key: _distribution(spec) for key, spec in self.space.items()}
         self.sampler_name = sampler
         self.study = optuna.create_study(
             storage=storage,
@@ -160,10 +174,16 @@ class Tuner:
         from optuna.trial import TrialState
 
         host = socket.gethostname()
+        now = datetime.datetime.now()
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = str(trial.user_attrs.get("owner", ""))
             owner_host, _, pid = owner.rpartition(":")
-            if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+            if not owner:
+                # Killed between creating the trial and marking it (two storage writes): stale once it is old.
+                started = trial.datetime_start
+                if started is None or (now - started).total_seconds() < 60:
+                    continue
+            elif owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
                 continue
             self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             if trial.params:
@@ -175,9 +195,24 @@ class Tuner:
 
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
+    @property
+    def n_measured(self) -> int:
+        """Distinct points told so far (by any process sharing the study): a repeat answered from memory is free."""
+        from optuna.trial import TrialState
+
+        seen = {
+            tuple(sorted(t.params.items()))
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        }
+        return len(seen)
+
     def ask(self) -> Proposal:
-        trial = self.study.ask(self._distributions)
+        # Mark the owner before sampling (which can take seconds): a trial left RUNNING by a killed process is then
+        # always recognisable as this host's and recovered on resume.
+        trial = self.study.ask()
         trial.set_user_attr("owner", _owner())
+        for name, spec in self.space.items():
+            _suggest(trial, name, spec)
         return Proposal(trial=trial, params=decode_params(self.space, trial.params))
 
     def remembered(self, proposal: Proposal) -> Outcome | None:
