@@ -20,7 +20,8 @@ from hpload.loadgen.transport import ARRIVAL_EXTENSION
 # Error kinds, stable names: results and the TUI key on them.
 CONNECT = "connect"
 TIMEOUT = "timeout"
-STREAM = "stream"  # an error event inside a 200 stream, malformed SSE/JSON, or a stream that ended before [DONE]
+STREAM = "stream"  # an error event or error object inside a 200 reply, or a stream that ended before [DONE]
+PROTOCOL = "protocol"  # a reply the client cannot parse: malformed SSE data, truncated or non-JSON bodies
 DISCONNECT = "disconnect"  # the server closed or reset the connection mid-response, or broke HTTP framing
 OTHER = "other"
 
@@ -190,7 +191,7 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord) -> None:
             try:
                 obj = json.loads(data)
             except ValueError:
-                rec.fail(STREAM, f"not JSON: {data[:200]}")
+                rec.fail(PROTOCOL, f"not JSON: {data[:200]}")
                 continue
             if not isinstance(obj, dict):
                 continue
@@ -221,7 +222,7 @@ def _read_whole(raw: bytes, rec: RequestRecord) -> None:
     try:
         obj = json.loads(raw)
     except ValueError:
-        rec.fail(STREAM, f"not JSON: {raw[:200]!r}")
+        rec.fail(PROTOCOL, f"not JSON: {raw[:200]!r}")
         return
     msg = _error_message(obj) if isinstance(obj, dict) else "not an object"
     if msg is not None:

@@ -158,6 +158,7 @@ class LoadRun:
         self._t0 = 0
         self._end_ns = 0
         self._warm_end_ns = 0
+        self._drained = 0
 
     # ---- the run ----
     async def execute(
@@ -210,6 +211,8 @@ class LoadRun:
         try:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if not driver.done():
+                if not (stopper is not None and stopper.done()):
+                    self._drained = len(self._inflight)  # the drain deadline, not a stop, ended the run
                 driver.cancel()
             for task in list(self._tasks) + list(self._inflight.values()):
                 task.cancel()
@@ -228,6 +231,11 @@ class LoadRun:
         sched_p99 = self.recorder.cum["schedule_lag"].percentile_us(99) / 1000
         result = self.recorder.result(run_config(self.target, self.workload, load, self.slo), started_at)
         result.health = self.health.summary(sched_p99 if load.max_concurrency is None else 0.0)
+        if self._drained:
+            result.warnings.append(
+                f"{self._drained} requests still in flight {load.drain_timeout_s:g} s after the run's end were cut"
+                " (counted as incomplete)"
+            )
         if self.recorder.counters.get("completed", 0) == 0 and self.recorder.errors:
             kind, msg = next(iter(self.recorder.error_samples.items()))
             result.warnings.append(f"every request failed; first {kind}: {msg}")

@@ -75,7 +75,7 @@ def _labels(text: str) -> dict[str, str]:
     return labels
 
 
-async def scrape(url: str, headers: dict[str, str] | None = None, timeout_s: float = 5.0) -> Samples | None:
+async def scrape(url: str, headers: dict[str, str] | None = None, timeout_s: float = 3.0) -> Samples | None:
     """One scrape, or None when the server has no metrics endpoint (that is not an error)."""
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:

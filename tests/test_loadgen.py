@@ -139,10 +139,11 @@ async def test_workers_share_one_load_and_merge(echo: Server) -> None:
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def _read_request(reader: asyncio.StreamReader) -> None:
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
     length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
     await reader.readexactly(length)
+    return head
 
 
 def _sse(*events: str) -> bytes:
@@ -193,8 +194,19 @@ async def stall_after_first_token(reader: asyncio.StreamReader, writer: asyncio.
 
 
 async def stall_before_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await _read_request(reader)
+    if (await _read_request(reader)).startswith(b"GET"):  # the /metrics scrape gets a quick 404
+        writer.write(b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        return
     await asyncio.sleep(30)
+
+
+async def not_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(_sse(TOKEN, '{"choices": [{"te', "[DONE]"))
+    await writer.drain()
+    writer.close()
 
 
 async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -239,8 +251,9 @@ def _bind(fn: Callable[..., Awaitable[None]], *args: object) -> Handler:
         (_bind(stall_after_first_token), "timeout"),
         (_bind(stall_before_headers), "timeout"),
         (_bind(garbage), "disconnect"),
+        (_bind(not_json), "protocol"),
     ],
-    ids=["500", "429", "error-event", "no-done", "cut", "stall-idle", "stall-first", "garbage"],
+    ids=["500", "429", "error-event", "no-done", "cut", "stall-idle", "stall-first", "garbage", "not-json"],
 )
 async def test_failures_are_counted_by_kind(raw_server, handler: Handler, kind: str) -> None:  # type: ignore[no-untyped-def]
     url = await raw_server(handler)
@@ -249,6 +262,16 @@ async def test_failures_are_counted_by_kind(raw_server, handler: Handler, kind: 
     assert result.errors == {kind: 3}, result.error_samples
     assert result.summary["completed"] == 0 and result.summary["failed"] == 3
     assert any("every request failed" in w for w in result.warnings)
+
+
+async def test_a_timed_run_ends_after_the_drain_grace_even_if_the_server_hangs(raw_server) -> None:  # type: ignore[no-untyped-def]
+    url = await raw_server(_bind(stall_before_headers))
+    load = LoadSpec(concurrency=3, duration_s=0.5, drain_timeout_s=0.3, first_token_timeout_s=300)
+    t0 = asyncio.get_running_loop().time()
+    result = await run_load(Target(url, "m"), WORKLOAD, load)
+    assert asyncio.get_running_loop().time() - t0 < 5
+    assert result.counters["incomplete"] == 3 and result.summary["failed"] == 0
+    assert any("were cut" in w for w in result.warnings)
 
 
 async def test_connection_refused_is_a_connect_error() -> None:
