@@ -167,5 +167,7 @@ async def test_continuous_mode_streams_chat_with_exact_usage(tiny_model: Path, t
             assert res["chunks"] >= 3
         seeded = await _post(server, "/v1/completions", {"model": server.model, "prompt": "x", "seed": 3})
         assert seeded.status_code == 400 and "seed" in seeded.json()["error"]["message"]
+        nucleus = await _post(server, "/v1/completions", {"model": server.model, "prompt": "x", "top_p": 0.9})
+        assert nucleus.status_code == 400 and nucleus.json()["error"]["param"] == "top_p"
         assert await _metric(server, "generation_tokens_total") - before == sum(12 + i for i in range(6))
         await _assert_disconnect_frees_the_batch(server)
