@@ -144,7 +144,13 @@ class EchoProtocol(asyncio.Protocol):
             for line in head[1:]:
                 k, _, v = line.partition(":")
                 headers[k.strip().lower()] = v.strip()
-            length = int(headers.get("content-length", "0") or 0)
+            try:
+                length = int(headers.get("content-length", "0") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self._send(_error(400, "bad content-length"), close=True)
+                return
             if len(self.buf) < end + 4 + length:
                 return  # wait for the rest of the body
             body = self.buf[end + 4 : end + 4 + length]
@@ -187,14 +193,15 @@ class EchoProtocol(asyncio.Protocol):
             n = int(body.get("max_tokens") or body.get("max_completion_tokens") or cfg.output_tokens)
             if n < 1:
                 raise ValueError("max_tokens must be at least 1")
-        except (ValueError, TypeError) as err:
+            prompt_tokens = _count_words(body)  # inside the try: messages or prompt of the wrong shape are a 400
+            options = body.get("stream_options") or {}
+            include_usage = bool(options.get("include_usage"))
+        except (ValueError, TypeError, AttributeError) as err:
             self._send(_error(400, f"bad request body: {err}"))
             return
         chat = path.endswith("chat/completions")
-        prompt_tokens = _count_words(body)
         if body.get("stream"):
-            options = body.get("stream_options") or {}
-            self._stream(chat, n, prompt_tokens, bool(options.get("include_usage")))
+            self._stream(chat, n, prompt_tokens, include_usage)
         else:
             self._whole(chat, n, prompt_tokens)
 
