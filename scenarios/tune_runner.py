@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +27,8 @@ from hpload.scenarios.schema import Scenario, TuneSpec
 from hpload.scenarios.space import ParamSpec, Scalar
 from hpload.scenarios.tuning import Outcome, Proposal, Tuner
 from hpload.servers.settings import ServerSettings
+
+SHARED_WAIT_S = 900.0
 
 # SLO percentile limit -> the summary key it bounds.
 _LIMITS = {
@@ -142,11 +146,15 @@ async def tune_server(
         study_name = f"{tune.study_name}-{base.label}"
     storage = storage_url(tune, store.root)
     defaults = default_point(tune, space, base, scenario)
+    seed = tune.seed
+    if tune.storage and seed is not None:
+        # A shared study: processes started together must not draw the same random start-up points.
+        seed = seed * 1_000_003 + os.getpid()
     tuner = await asyncio.to_thread(
         Tuner,
         space,
         sampler=tune.sampler,
-        seed=tune.seed,
+        seed=seed,
         storage=storage,
         study_name=study_name,
         defaults=[defaults] if defaults else None,
@@ -211,6 +219,14 @@ async def _outcome_for(
     known = tuner.remembered(proposal)
     if known is not None:
         return known, True
+    # Another machine sharing the study is measuring this very point: wait for its outcome rather than measure
+    # it twice (bounded, in case that machine died mid-trial).
+    deadline = time.monotonic() + SHARED_WAIT_S
+    while time.monotonic() < deadline and await asyncio.to_thread(tuner.measured_elsewhere, proposal):
+        await asyncio.sleep(0.5)
+        known = await asyncio.to_thread(tuner.remembered, proposal)
+        if known is not None:
+            return known, True
     record = store.get(point.point_id)
     if record is not None and record.ok:
         return outcome_of(record, tune.objective, scenario.slo), True

@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import random
 import socket
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -102,6 +104,24 @@ def make_sampler(
     raise HploadError(f"tune.sampler: unknown sampler '{name}'; fix: use one of {', '.join(SAMPLERS)}")
 
 
+def _open_study(storage: str | None, sampler: Any, study_name: str) -> optuna.Study:
+    """Create or join the study. Several machines starting together race to create the schema on an empty
+    database; the loser's error is transient, so it retries after the winner has finished."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(6):
+        try:
+            return optuna.create_study(
+                storage=storage, sampler=sampler, study_name=study_name, direction="maximize", load_if_exists=True
+            )
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 5:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
 def _top_quarter(n: int) -> int:
     return max(1, min(round(0.25 * n), 25))
 
@@ -152,12 +172,8 @@ class Tuner:
             raise HploadError("tune.space: empty; fix: add at least one [tune.space.server.X] or [tune.space.load.X]")
         self.space = dict(space)
         self.sampler_name = sampler
-        self.study = optuna.create_study(
-            storage=storage,
-            sampler=make_sampler(sampler, self.space, seed=seed, n_startup_trials=n_startup_trials),
-            study_name=study_name,
-            direction="maximize",
-            load_if_exists=True,
+        self.study = _open_study(
+            storage, make_sampler(sampler, self.space, seed=seed, n_startup_trials=n_startup_trials), study_name
         )
         self._memory: dict[tuple[tuple[str, Scalar], ...], Outcome] = {}
         self._recover_stale()
@@ -216,7 +232,30 @@ class Tuner:
         return Proposal(trial=trial, params=decode_params(self.space, trial.params))
 
     def remembered(self, proposal: Proposal) -> Outcome | None:
-        return self._memory.get(proposal.key)
+        """The outcome of a point already told, by this process or (shared storage) by another one."""
+        known = self._memory.get(proposal.key)
+        if known is not None:
+            return known
+        from optuna.trial import TrialState
+
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if "outcome" in trial.user_attrs and decode_params(self.space, trial.params) == proposal.params:
+                known = _outcome_from_attrs(trial.user_attrs["outcome"])
+                self._memory[proposal.key] = known
+                return known
+        return None
+
+    def measured_elsewhere(self, proposal: Proposal) -> bool:
+        """True while an earlier trial of the same point is being measured by another process sharing the study.
+
+        Only earlier trials count, so two processes that drew the same point at once never wait for each other.
+        """
+        from optuna.trial import TrialState
+
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number < proposal.trial.number and decode_params(self.space, trial.params) == proposal.params:
+                return True
+        return False
 
     def tell(self, proposal: Proposal, outcome: Outcome) -> None:
         trial = proposal.trial
