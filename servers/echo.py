@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import selectors
 import signal
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from typing import Any
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed"}
 _TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _MAX_HEADER = 64 * 1024
+# How hpload hands the key to its echo child: the environment, unlike argv, is not readable by other users (ps).
+API_KEY_ENV = "HPLOAD_ECHO_API_KEY"
 
 
 class EchoConfig:
@@ -357,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve_echo(
             args.host, args.port, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, output_tokens=args.output_tokens,
-            model=args.model, api_key=args.api_key, ready=announce, stop=stop,
+            model=args.model, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, ready=announce, stop=stop,
         )  # fmt: skip
 
     if args.precise:

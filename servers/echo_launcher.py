@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from hpload.servers.base import ProcessServer
+from hpload.servers.echo import API_KEY_ENV
 from hpload.servers.settings import EchoSettings
 
-API_KEY_ENV = "HPLOAD_API_KEY"
 
 
 def echo_argv(settings: EchoSettings, port: int) -> list[str]:
@@ -32,7 +32,8 @@ class EchoServer(ProcessServer):
         self.api_key = settings.api_key.get_secret_value() if settings.api_key else None
 
     def argv(self, port: int) -> list[str]:
-        argv = echo_argv(self.settings, port)
-        if self.api_key:
-            argv += ["--api-key", self.api_key]
-        return argv
+        return echo_argv(self.settings, port)
+
+    def env(self) -> dict[str, str]:
+        # Always set, so a key in hpload's own environment never reaches an echo server started without one.
+        return {API_KEY_ENV: self.api_key or ""}
