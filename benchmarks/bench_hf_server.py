@@ -42,16 +42,18 @@ class Offline:
         torch.set_num_threads(threads)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
-    def tok_s(self, batch_prompts: list[list[int]], output_tokens: int) -> float:
+    def run(self, batch_prompts: list[list[int]], output_tokens: int) -> tuple[float, float]:
+        """(tok/s, CPU seconds per 1000 tokens) of one offline batch."""
         import torch
 
         ids = torch.tensor(batch_prompts, dtype=torch.long)
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                       max_new_tokens=output_tokens, min_new_tokens=output_tokens,
                                       pad_token_id=self.model.config.pad_token_id)
-        return (out.shape[1] - ids.shape[1]) * len(batch_prompts) / (time.perf_counter() - start)
+        tokens = (out.shape[1] - ids.shape[1]) * len(batch_prompts)
+        return tokens / (time.perf_counter() - start), 1000 * (time.process_time() - cpu0) / tokens
 
 
 async def _one(client: httpx.AsyncClient, server: Server, prompt: list[int], n: int) -> int:
@@ -67,23 +69,32 @@ async def _one(client: httpx.AsyncClient, server: Server, prompt: list[int], n: 
 
 
 async def paired_rounds(server: Server, offline: Offline, batch: int, vocab: int,
-                        args: argparse.Namespace) -> tuple[float, float]:
-    """Median served and offline tok/s, alternating one served and one offline round so that the load other users
-    put on this shared machine hits both sides alike."""
+                        args: argparse.Namespace) -> dict[str, float]:
+    """Medians of served and offline tok/s and CPU seconds per 1000 tokens, alternating one served and one offline
+    round so that the load other users put on this shared machine hits both sides alike. CPU per token is the
+    fairer comparison on a shared box: served wall time also pays for the client's CPU and for other users."""
+    import psutil
+
+    server_proc = psutil.Process(server.pids()[0])
     limits = httpx.Limits(max_connections=batch + 4, max_keepalive_connections=batch + 4)
-    served, local = [], []
+    served, local, served_cpu, local_cpu = [], [], [], []
     async with httpx.AsyncClient(base_url=server.base_url, timeout=600, limits=limits, trust_env=False) as client:
         for r in range(args.rounds + 1):  # round 0 warms both up
             batch_prompts = prompts(batch, args.prompt_tokens, vocab, seed=r)
+            cpu0 = sum(server_proc.cpu_times()[:2])
             start = time.perf_counter()
             counts = await asyncio.gather(*[_one(client, server, p, args.output_tokens) for p in batch_prompts])
             elapsed = time.perf_counter() - start
+            cpu = sum(server_proc.cpu_times()[:2]) - cpu0
             assert all(c == args.output_tokens for c in counts), counts
-            offline_rate = offline.tok_s(batch_prompts, args.output_tokens)
+            offline_rate, offline_cpu = offline.run(batch_prompts, args.output_tokens)
             if r:
                 served.append(sum(counts) / elapsed)
+                served_cpu.append(1000 * cpu / sum(counts))
                 local.append(offline_rate)
-    return statistics.median(served), statistics.median(local)
+                local_cpu.append(offline_cpu)
+    med = statistics.median
+    return {"served": med(served), "offline": med(local), "served_cpu": med(served_cpu), "offline_cpu": med(local_cpu)}
 
 
 async def mixed_closed_loop(server: Server, concurrency: int, lengths: list[int], vocab: int,
@@ -152,15 +163,18 @@ async def main() -> None:
                                   dtype="float32", device="cpu", label=f"hf-{mode}-{b}",
                                   torch_threads=args.torch_threads)
             async with make_server(settings) as server:
-                served, local = await paired_rounds(server, offline, b, vocab, args)
-            rows.append({"mode": mode, "batch": b, "served": served, "offline": local})
-            print(f"  {mode:<10} batch {b:>3}: served {served:8.1f} tok/s   offline {local:8.1f} tok/s   "
-                  f"ratio {served / local:.2f}", flush=True)
-    print("\nmode        batch   served tok/s   offline tok/s   ratio")
+                row = await paired_rounds(server, offline, b, vocab, args)
+            rows.append({"mode": mode, "batch": b, **row})
+            print(f"  {mode:<10} batch {b:>3}: served {row['served']:8.1f} tok/s   offline {row['offline']:8.1f} "
+                  f"tok/s   ratio {row['served'] / row['offline']:.2f}", flush=True)
+    print("\nmode        batch   served tok/s   offline tok/s   ratio   server CPU-s/1k tok   offline CPU-s/1k tok"
+          "   CPU ratio")
     for row in rows:
         ratio = row["served"] / row["offline"]
+        cpu_ratio = row["offline_cpu"] / row["served_cpu"]  # > 1: the server spends less CPU per token than offline
         flag = "" if ratio >= 0.8 else "  (< 0.8 target)"
-        print(f"{row['mode']:<10} {row['batch']:>6} {row['served']:>14.1f} {row['offline']:>15.1f} {ratio:>7.2f}{flag}")
+        print(f"{row['mode']:<10} {row['batch']:>6} {row['served']:>14.1f} {row['offline']:>15.1f} {ratio:>7.2f} "
+              f"{row['served_cpu']:>21.3f} {row['offline_cpu']:>22.3f} {cpu_ratio:>11.2f}{flag}")
     if args.mixed_concurrency:
         await mixed_section(args, model_dir, vocab)
     by = {(r["mode"], r["batch"]): r["served"] for r in rows}

@@ -10,7 +10,6 @@ from hpload.servers.echo import API_KEY_ENV
 from hpload.servers.settings import EchoSettings
 
 
-
 def echo_argv(settings: EchoSettings, port: int) -> list[str]:
     s = settings
     return [

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from hpload.servers.metrics import ServerMetrics
 from hpload.servers.settings import HFSettings
 
+from hpload.errors import HploadError
+
 if TYPE_CHECKING:
     import torch
 
@@ -139,7 +141,9 @@ def load_model(settings: HFSettings, model_dir: str) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dtype: Any = "auto" if settings.dtype == "auto" else getattr(torch, settings.dtype)
+    dtype: Any = "auto" if settings.dtype == "auto" else getattr(torch, settings.dtype, None)
+    if not (dtype == "auto" or isinstance(dtype, torch.dtype)):
+        raise HploadError(f"dtype: '{settings.dtype}' is not a torch dtype; fix: auto, float32, bfloat16 or float16")
     if settings.load_format == "dummy":
         config = AutoConfig.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_config(config, dtype=None if dtype == "auto" else dtype)
@@ -178,6 +182,7 @@ class PipelineEngine(Engine):
     def __init__(self, settings: HFSettings, model: Any, tokenizer: Any, metrics: ServerMetrics) -> None:
         super().__init__(settings, model, tokenizer, metrics)
         self._pending: queue.Queue[Stream] = queue.Queue()
+        self._deferred: list[Stream] = []  # did not fit the batch being formed; first in line for the next one
         self._closing = threading.Event()
         self._batch_running = 0
         self._thread = threading.Thread(target=self._run, name="hf-generate", daemon=True)
@@ -188,7 +193,14 @@ class PipelineEngine(Engine):
         self._pending.put(stream)
 
     def waiting(self) -> int:
-        return self._pending.qsize()
+        return self._pending.qsize() + len(self._deferred)
+
+    def _fits(self, batch: list[Stream], candidate: Stream) -> bool:
+        """Left padding runs every row to the longest prompt plus the largest max_tokens: keep that within the
+        context, or a model with learned positions would fail the whole batch."""
+        longest = max(len(candidate.prompt_ids), *(len(s.prompt_ids) for s in batch))
+        most = max(candidate.params.max_tokens, *(s.params.max_tokens for s in batch))
+        return longest + most <= self.context_len
 
     def running(self) -> int:
         return self._batch_running
@@ -202,22 +214,35 @@ class PipelineEngine(Engine):
         ``_WAIT_CAP`` times that after its first request. Measuring the wait from the last arrival (not the first)
         keeps a burst together even when a busy client needs longer than the wait to send it all: with a fixed
         deadline, 32 requests sent over ~100 ms split into batches of 25 + 7 here and lost 40% of throughput."""
-        try:
-            first = self._pending.get(timeout=0.2)
-        except queue.Empty:
-            return []
+        earlier, self._deferred = self._deferred, []
+        if earlier:
+            first = earlier.pop(0)
+        else:
+            try:
+                first = self._pending.get(timeout=0.2)
+            except queue.Empty:
+                return []
         batch = [first]
+        for stream in earlier:  # requests deferred by the last batch go first, in arrival order
+            if len(batch) < self.settings.batch_size and self._fits(batch, stream):
+                batch.append(stream)
+            else:
+                self._deferred.append(stream)
         gap_s = self.settings.max_batch_wait_ms / 1000
         now = time.monotonic()
         hard_deadline = now + gap_s * _WAIT_CAP
         deadline = min(now + gap_s, hard_deadline)
-        while len(batch) < self.settings.batch_size:
+        while len(batch) < self.settings.batch_size and len(self._deferred) < self.settings.batch_size:
             remaining = deadline - time.monotonic()
             try:
-                batch.append(self._pending.get(timeout=remaining) if remaining > 0 else self._pending.get_nowait())
+                candidate = self._pending.get(timeout=remaining) if remaining > 0 else self._pending.get_nowait()
             except queue.Empty:
                 break
             deadline = min(time.monotonic() + gap_s, hard_deadline)
+            if self._fits(batch, candidate):
+                batch.append(candidate)
+            else:
+                self._deferred.append(candidate)
         aborted: list[Delivery] = [(s, [], "abort", None) for s in batch if s.cancelled]
         self._post(aborted)
         return [s for s in batch if not s.cancelled]

@@ -118,6 +118,17 @@ async def test_concurrent_requests_batch_and_metrics_count_every_token(hf_server
     )
 
 
+async def test_a_batch_never_outgrows_the_context(hf_server: Server) -> None:
+    # Together these would pad to 1500 + 1000 > 2048 positions; the server must run them in separate batches.
+    long_prompt = {"model": hf_server.model, "prompt": "word " * 1500, "max_tokens": 10, "ignore_eos": True}
+    long_output = {"model": hf_server.model, "prompt": "word", "max_tokens": 1000, "ignore_eos": True}
+    first, second = await asyncio.gather(_post(hf_server, "/v1/completions", long_prompt),
+                                         _post(hf_server, "/v1/completions", long_output))
+    assert first.status_code == 200 and second.status_code == 200, (first.text, second.text)
+    assert first.json()["usage"]["prompt_tokens"] >= 1000
+    assert first.json()["usage"]["completion_tokens"] == 10 and second.json()["usage"]["completion_tokens"] == 1000
+
+
 async def _abandon_stream(server: Server) -> None:
     """Read a few chunks of a long stream, then hang up."""
     body = {"model": server.model, "prompt": "while True:", "max_tokens": 1500, "ignore_eos": True, "stream": True}

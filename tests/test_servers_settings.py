@@ -33,6 +33,7 @@ def test_unknown_and_mistyped_keys_name_the_field() -> None:
         (["vllm", "--max-num-seqs", "0"], "--max-num-seqs"),
         (["hf", "--batch-size", "0"], "--batch-size"),
         (["echo", "--itl-ms", "-1"], "--itl-ms"),
+        (["hf", "--dtype", "float33"], "dtype"),
     ],
 )
 def test_serve_rejects_bad_flags_before_starting_anything(argv: list[str], flag: str) -> None:
