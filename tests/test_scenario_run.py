@@ -152,3 +152,17 @@ def test_bad_flags_give_one_line(args: list[str], needle: str, tmp_path: Path) -
     assert proc.returncode == 2
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_server_restarts_only_when_its_settings_change(tmp_path: Path) -> None:
+    import asyncio
+
+    from hpload.scenarios.loader import load_text
+    from hpload.scenarios.runner import run_scenario
+
+    text = SWEEP.replace("[1, 2, 3, 4, 5, 6]", "[1, 2, 3]").replace("num_requests = 25", "num_requests = 5")
+    text += "\n[sweep.server]\nitl_ms = [1.0, 2.0]\n"
+    report = asyncio.run(run_scenario(load_text(text, "s.toml"), results_dir=tmp_path / "r"))
+    assert report.measured == 6 and report.failed == 0
+    # One echo process per server setting (each writes its own log), not one per point.
+    assert len(list((tmp_path / "r" / "logs").glob("echo-*.log"))) == 2
