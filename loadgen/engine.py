@@ -221,6 +221,12 @@ class LoadRun:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
+            if not driver.done():
+                # Cancelled from outside (Ctrl-C): nothing may go on sending through the clients closed below.
+                driver.cancel()
+                for task in list(self._tasks) + list(self._inflight.values()):
+                    task.cancel()
+                await asyncio.gather(driver, *self._tasks, return_exceptions=True)
             for task in [*helpers, *([stopper] if stopper else [])]:
                 task.cancel()
             await asyncio.gather(*helpers, *([stopper] if stopper else []), return_exceptions=True)

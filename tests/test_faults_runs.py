@@ -115,9 +115,10 @@ num_requests = [400, 20]
     results, log = tmp_path / "results", tmp_path / "run.log"
     proc = hpload("run", str(scenario), "--results", str(results), log=log)
     reap.append(proc)
-    wait_for(lambda: bool(echo_children(proc.pid)), 60, proc, log)
+    # Into the measurement of point 1 (the console says "measuring" once the server is ready and load starts).
+    wait_for(lambda: "measuring" in log.read_text() and bool(echo_children(proc.pid)), 60, proc, log)
     victim = echo_children(proc.pid)[0]
-    time.sleep(2.0)  # into the measurement: readiness takes well under a second here
+    time.sleep(1.0)
     victim.send_signal(signal.SIGKILL)
     rc = proc.wait(120)
     out = log.read_text()
@@ -145,7 +146,7 @@ num_requests = [400, 20]
 SWEEP = """
 [load]
 concurrency = 1
-num_requests = 15
+num_requests = 40
 [sweep.load]
 concurrency = [1, 2, 3, 4, 5, 6]
 """
@@ -186,7 +187,7 @@ def test_signal_during_a_sweep_keeps_points_and_rerun_resumes(
 TUNE = """
 [load]
 concurrency = 1
-num_requests = 12
+num_requests = 30
 
 [tune]
 sampler = "random"
