@@ -184,6 +184,58 @@ def test_the_tui_never_unwraps_a_key() -> None:
         assert "get_secret_value" not in path.read_text(), f"{path.name} unwraps a secret"
 
 
+async def test_the_tui_never_shows_a_key(tmp_path: Path) -> None:
+    """The real TUI runs a keyed echo scenario; no screen it draws (setup, run, log tail) contains the key."""
+    import time
+
+    from hpload.tui.app import HploadApp
+    from hpload.tui.panels import ServerPanel
+    from hpload.tui.plans import ScenarioChoice
+    from hpload.tui.run import RunScreen
+
+    key = "sk-tui-" + os.urandom(8).hex()
+    path = tmp_path / "keyed.toml"
+    path.write_text(f"""
+name = "keyed-tui"
+[[servers]]
+kind = "echo"
+label = "echo"
+ttft_ms = 2.0
+itl_ms = 1.0
+api_key = "{key}"
+[workload]
+input_len = 4
+max_tokens = 8
+[load]
+concurrency = 2
+duration_s = 60
+""")
+    app = HploadApp([ScenarioChoice("keyed-tui", path)], initial="keyed-tui", results_root=tmp_path / "results")
+    screens: list[str] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.5)
+        screens.append(app.export_screenshot())
+        await pilot.press("ctrl+s")
+        deadline = time.monotonic() + 90
+        done = 0
+        while time.monotonic() < deadline:
+            await pilot.pause(0.3)
+            if isinstance(app.screen, RunScreen):
+                panel: ServerPanel = app.screen.panels()[0]
+                done = panel.snapshot.requests_completed if panel.snapshot else 0
+                if done >= 20:
+                    break
+        assert done >= 20, "the keyed run never got answers: the TUI did not send the key"
+        screens.append(app.export_screenshot())
+        await pilot.press("s")
+        await pilot.pause(1.0)
+        screens.append(app.export_screenshot())
+    assert "echo" in screens[1]  # the screenshot carries the screen's text
+    for svg in screens:
+        assert key not in svg
+    assert all(key.encode() not in p.read_bytes() for p in (tmp_path / "results").rglob("*") if p.is_file())
+
+
 # ---------------------------------------------------------------- no shell
 
 
