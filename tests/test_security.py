@@ -44,7 +44,7 @@ def test_every_server_kind_defaults_to_loopback() -> None:
         assert "default loopback only" in " ".join(out.split()), out
 
 
-def test_running_echo_and_wrapper_listen_on_loopback_only(echo_server: Server) -> None:
+def test_running_echo_listens_on_loopback_only(echo_server: Server) -> None:
     assert listening_addresses(echo_server.pids()) == {"127.0.0.1"}
 
 
