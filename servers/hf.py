@@ -57,10 +57,9 @@ class HFServer(ProcessServer):
         return [sys.executable, "-m", "hpload", "serve", "hf", *hf_argv(self.settings, self.model_dir, port)]
 
     def env(self) -> dict[str, str]:
-        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        if self.api_key:
-            env[API_KEY_ENV] = self.api_key
-        return env
+        # The key is always set (empty when unkeyed), so a key in hpload's own environment never guards a server
+        # that was started without one.
+        return {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", API_KEY_ENV: self.api_key or ""}
 
 
 def run_hf(settings: HFSettings) -> int:

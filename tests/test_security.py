@@ -127,6 +127,13 @@ def test_an_echo_without_a_key_ignores_a_key_in_hploads_environment(tmp_path: Pa
     assert asyncio.run(go()) == 200
 
 
+def test_a_wrapper_without_a_key_gets_an_empty_key_variable(tiny_model: Path) -> None:
+    from hpload.servers.hf import API_KEY_ENV, HFServer
+
+    assert HFServer(HFSettings(model=str(tiny_model))).env()[API_KEY_ENV] == ""
+    assert HFServer(HFSettings(model=str(tiny_model), api_key="k")).env()[API_KEY_ENV] == "k"
+
+
 def test_a_key_never_reaches_results_logs_or_output(tmp_path: Path) -> None:
     key = "sk-secret-" + os.urandom(8).hex()
     scenario = tmp_path / "keyed.toml"
