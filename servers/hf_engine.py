@@ -144,7 +144,20 @@ def load_model(settings: HFSettings, model_dir: str) -> tuple[Any, Any]:
     dtype: Any = "auto" if settings.dtype == "auto" else getattr(torch, settings.dtype, None)
     if not (dtype == "auto" or isinstance(dtype, torch.dtype)):
         raise HploadError(f"dtype: '{settings.dtype}' is not a torch dtype; fix: auto, float32, bfloat16 or float16")
-    if settings.load_format == "dummy":
+    if settings.load_format == "dummy" and settings.device_map:
+        # from_config builds the whole model on one device; to spread random weights over several GPUs, stage them
+        # as a checkpoint once and load it through the same device_map path a real checkpoint takes.
+        import shutil
+        import tempfile
+
+        config = AutoConfig.from_pretrained(model_dir)
+        staged = tempfile.mkdtemp(prefix="hpload-dummy-")
+        try:
+            AutoModelForCausalLM.from_config(config, dtype=None if dtype == "auto" else dtype).save_pretrained(staged)
+            model = AutoModelForCausalLM.from_pretrained(staged, dtype=dtype, device_map=settings.device_map)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    elif settings.load_format == "dummy":
         config = AutoConfig.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_config(config, dtype=None if dtype == "auto" else dtype)
     else:
