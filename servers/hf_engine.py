@@ -144,6 +144,7 @@ def load_model(settings: HFSettings, model_dir: str) -> tuple[Any, Any]:
     dtype: Any = "auto" if settings.dtype == "auto" else getattr(torch, settings.dtype, None)
     if not (dtype == "auto" or isinstance(dtype, torch.dtype)):
         raise HploadError(f"dtype: '{settings.dtype}' is not a torch dtype; fix: auto, float32, bfloat16 or float16")
+    model: Any  # transformers' stubs type .to() oddly
     if settings.load_format == "dummy" and settings.device_map:
         # from_config builds the whole model on one device; to spread random weights over several GPUs, stage them
         # as a checkpoint once and load it through the same device_map path a real checkpoint takes.

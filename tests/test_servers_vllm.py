@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from pathlib import Path
@@ -18,6 +17,10 @@ from hpload.errors import ServerError
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 12
+
+
+class StreamFailed(Exception):
+    """A 200 stream that carried an error event or ended without its usage trailer."""
 
 
 async def stream_chat(server: Server, content: str, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
@@ -90,14 +93,26 @@ async def test_engine_killed_mid_request_is_reported(tiny_model: Path, tmp_path:
     async with server:
         engines = _engine_pids(server)
         assert engines, f"no EngineCore process among {server.pids()}"
-        request = asyncio.create_task(stream_chat(server, "import os", max_tokens=400))
-        await asyncio.sleep(1.0)
-        for pid in engines:
-            psutil.Process(pid).send_signal(signal.SIGKILL)
-        with pytest.raises((httpx.HTTPError, AssertionError, json.JSONDecodeError)):
-            result = await request
-            if not result["done"] or result["usage"] is None:  # a truncated or error-ended stream is a failure
-                raise AssertionError("stream ended early")
+        body = {"model": server.model, "messages": [{"role": "user", "content": "import os"}], "max_tokens": 480,
+                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+        completed = False
+        with pytest.raises((httpx.HTTPError, StreamFailed)):  # a dropped connection, an error status or event
+            async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+                async with client.stream("POST", f"{server.base_url}/v1/chat/completions", json=body) as resp:
+                    resp.raise_for_status()
+                    killed = False
+                    async for line in resp.aiter_lines():
+                        if not killed and line.startswith("data: {"):  # generation is under way: kill its engine
+                            for pid in engines:
+                                psutil.Process(pid).send_signal(signal.SIGKILL)
+                            killed = True
+                        if line.startswith("data: {") and '"usage"' in line:
+                            completed = True
+                        if line.startswith("data: {") and '"error"' in line:
+                            raise StreamFailed("error event inside the stream")
+            if not completed:
+                raise StreamFailed("stream ended without its usage trailer")
+        assert not completed
         # vLLM's watchdog notices a dead engine within ~5 s and shuts the API server down.
         assert await server.wait_exit(60) is not None, "vLLM kept running without its engine"
         assert not server.alive()
