@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpload.scenarios.space import ParamSpec, Scalar
-from hpload.scenarios.tuning import Outcome
+from hpload.scenarios.tuning import REPEATS_BEFORE_EXPLORING, Outcome
 
 from hpload.errors import HploadError
 
@@ -138,7 +139,9 @@ def replay_study(
         n_startup_trials=n_startup_trials,
     )
     measured: list[float | None] = []
-    # Asks are bounded too: a sampler that only repeats known points has converged.
+    rng = random.Random(seed)
+    repeats = 0
+    # Asks are bounded too, as a safety net: explore() already ends runs of repeated proposals.
     for _ in range(budget * 20):
         if len(measured) >= budget:
             break
@@ -147,7 +150,14 @@ def replay_study(
         if outcome is None:
             outcome = landscape.replay(proposal.params)
             measured.append(outcome.value)
+            repeats = 0
+        else:
+            repeats += 1
         tuner.tell(proposal, outcome)
+        if repeats >= REPEATS_BEFORE_EXPLORING:
+            repeats = 0
+            if not tuner.explore(rng):
+                break
         if stop_at is not None and outcome.value is not None and outcome.value >= stop_at:
             break
     return measured

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from hpload.scenarios.results import PointRecord, ResultStore
 from hpload.scenarios.runner import QuietListener, RunListener, ServerKeeper, default_results_dir, make_record, measure
 from hpload.scenarios.schema import Scenario, TuneSpec
 from hpload.scenarios.space import ParamSpec, Scalar
-from hpload.scenarios.tuning import Outcome, Proposal, Tuner
+from hpload.scenarios.tuning import REPEATS_BEFORE_EXPLORING, Outcome, Proposal, Tuner
 from hpload.servers.settings import ServerSettings
 
 SHARED_WAIT_S = 900.0
@@ -162,6 +163,8 @@ async def tune_server(
     )
     report = StudyReport(label=base.label, study_name=study_name, storage=storage)
     keeper = ServerKeeper(workdir=store.root / "logs", listener=listener)
+    rng = random.Random(seed)
+    repeats = 0
     try:
         # Asks are bounded: when every point of a small space is known, proposals only repeat.
         for _ in range(tune.n_trials * 20):
@@ -179,6 +182,11 @@ async def tune_server(
             report.trials.append((proposal.params, outcome))
             report.measured += 0 if reused else 1
             report.reused += 1 if reused else 0
+            repeats = repeats + 1 if reused else 0
+            if repeats >= REPEATS_BEFORE_EXPLORING:
+                repeats = 0
+                if not await asyncio.to_thread(tuner.explore, rng):
+                    break  # every point of the space is known
             if defaults and proposal.params == defaults and outcome.feasible:
                 report.default_value = outcome.value
             listener.trial_finished(base.label, tuner.n_measured, tune.n_trials, proposal.params, outcome, reused)

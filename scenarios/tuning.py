@@ -10,6 +10,7 @@ repeat costs minutes and tells the sampler nothing new.
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import os
 import random
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 SamplerName = Literal["tpe", "gp", "random", "grid"]
 SAMPLERS: tuple[str, ...] = ("tpe", "gp", "random", "grid")
 FAILED_KEY = "failed"  # the constraint that marks a crashed / out-of-memory trial
+REPEATS_BEFORE_EXPLORING = 2  # consecutive proposals of known points before an unmeasured one is enqueued
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,35 @@ class Tuner:
                 return known
         return None
 
+    def explore(self, rng: random.Random) -> bool:
+        """Enqueue a point nobody has measured yet; False when every point of the space is known.
+
+        Model-based samplers converge and then re-propose their favourite point forever; each repeat is free but
+        teaches nothing. After a few repeats the loop calls this, so the budget buys information instead.
+        """
+        grids: list[list[Scalar]] = []
+        for spec in self.space.values():
+            try:
+                grids.append(spec.grid())
+            except ValueError:  # a float range without a step: every random draw is new
+                assert spec.low is not None and spec.high is not None
+                grids.append([])
+        known = set(self._memory)
+        names = list(self.space)
+        size = math.prod(len(g) for g in grids) if all(grids) else 0
+        if 0 < size <= 100_000:
+            unseen = [combo for combo in itertools.product(*grids) if tuple(sorted(zip(names, combo, strict=True))) not in known]
+            if not unseen:
+                return False
+            point = dict(zip(names, rng.choice(unseen), strict=True))
+        else:
+            point = {}
+            for name, grid in zip(names, grids, strict=True):
+                spec = self.space[name]
+                point[name] = rng.choice(grid) if grid else rng.uniform(float(spec.low), float(spec.high))  # type: ignore[arg-type]
+        self.study.enqueue_trial(encode_params(self.space, point))
+        return True
+
     def measured_elsewhere(self, proposal: Proposal) -> bool:
         """True while an earlier trial of the same point is being measured by another process sharing the study.
 
@@ -263,10 +294,15 @@ class Tuner:
         trial.set_user_attr("settings", {k: v for k, v in proposal.params.items()})
         for name, excess in outcome.constraints.items():
             trial.set_constraint(name, float(excess))
-        # A failed point is infeasible with the worst throughput, so TPE files it with the bad group and GP's
-        # feasibility model learns the out-of-memory edge.
+        # A failed point is infeasible (TPE files it with the bad group; GP's feasibility model learns the
+        # out-of-memory edge) and is told the worst value seen so far rather than 0: a cliff to 0 would drag GP's
+        # regression of the throughput surface down around every failure.
         trial.set_constraint(FAILED_KEY, 1.0 if outcome.failed else 0.0)
-        value = 0.0 if outcome.failed else float(outcome.value)  # type: ignore[arg-type]
+        if outcome.failed:
+            seen = [o.value for o in self._memory.values() if not o.failed and o.value is not None]
+            value = min(seen) if seen else 0.0
+        else:
+            value = float(outcome.value)  # type: ignore[arg-type]
         self.study.tell(trial, value)
         self._memory[proposal.key] = outcome
 
