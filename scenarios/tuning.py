@@ -77,6 +77,9 @@ def make_sampler(
         # quarter leave most of a small budget to the model.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # `gamma` is deprecated since Optuna 4.9 (removal planned for 6.0); the top-quarter split gains about one
+            # measurement on the HF landscapes, where the default's top-10% holds a single point for a long time.
+            warnings.simplefilter("ignore", FutureWarning)
             return optuna.samplers.TPESampler(
                 seed=seed,
                 n_startup_trials=3 if n_startup_trials is None else n_startup_trials,
