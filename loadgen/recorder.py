@@ -114,6 +114,14 @@ class Recorder:
         now = perf_counter_ns()
         iv_s = max((now - self._iv_start_ns) / 1e9, 1e-9)
         c = self.counters
+        request_rate, token_rate = self._iv_completed / iv_s, self._iv_tokens / iv_s
+        if phase == "done":
+            # The final snapshot closes an interval of any length (often a few milliseconds), so its interval rates
+            # are noise: report what the whole measured phase achieved instead.
+            first, last = c.get("first_send_ns"), c.get("last_done_ns")
+            if first is not None and last is not None and last > first:
+                span_s = (last - first) / 1e9
+                request_rate, token_rate = c["completed"] / span_s, c["total_output_tokens"] / span_s
         snap = Snapshot(
             label=self.label,
             elapsed_s=elapsed_s if elapsed_s is not None else (now - self._t0_ns) / 1e9,
@@ -123,8 +131,8 @@ class Recorder:
             requests_failed=int(c["failed"]),
             in_flight=self.in_flight,
             output_tokens=int(c["total_output_tokens"]),
-            request_rate=self._iv_completed / iv_s,
-            output_token_rate=self._iv_tokens / iv_s,
+            request_rate=request_rate,
+            output_token_rate=token_rate,
             errors=dict(self.errors),
             metrics={m: self.cum[m].summary() for m in LATENCY_METRICS if self.cum[m].count},
             interval_metrics={m: self.interval[m].summary() for m in LATENCY_METRICS if self.interval[m].count},

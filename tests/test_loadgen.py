@@ -72,6 +72,9 @@ async def test_metrics_match_the_echo_servers_settings(echo: Server, tmp_path: P
     assert TTFT_MS - 1 <= sm["ttft_mean_ms"] <= s["mean_ttft_ms"]
     assert snaps[-1].phase == "done" and snaps[-1].requests_completed == 40
     assert snaps[-1].metrics["ttft"].count == 40
+    # The final snapshot's rates describe the whole measured phase, not its last few milliseconds.
+    assert snaps[-1].request_rate == pytest.approx(s["request_throughput"], rel=0.05)
+    assert snaps[-1].output_token_rate == pytest.approx(s["output_throughput"], rel=0.05)
     lines = [json.loads(line) for line in (tmp_path / "req.jsonl").read_text().splitlines()]
     assert len(lines) == 44 and sum(1 for line in lines if line["warmup"]) == 4
     table = format_table(result)
