@@ -83,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             " (CPU machines) or 'hpload[cuda]' (GPU machines)\n"
         )
         return 2
+    except BrokenPipeError:
+        # The reader went away (`hpload ... | head`): not an error worth a traceback.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write(f"hpload {name}: interrupted; finished results are on disk\n")
         return 130

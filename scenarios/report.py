@@ -51,7 +51,23 @@ def landscape_axes(records: list[PointRecord]) -> list[str]:
             values[key].add(repr(value))
     varying = [k for k, v in values.items() if len(v) > 1]
     varying.sort(key=lambda k: -len(values[k]))
-    return varying[:2]
+    # A zipped sweep moves several settings together (concurrency with batch size and request count): those are
+    # one axis, and a heatmap of them would only fill its diagonal.
+    kept: list[str] = []
+    for key in varying:
+        if not any(_determined_by(records, axis, key) for axis in kept):
+            kept.append(key)
+    return kept[:2]
+
+
+def _determined_by(records: list[PointRecord], axis: str, key: str) -> bool:
+    """True when every value of ``axis`` goes with a single value of ``key`` across these points."""
+    seen: dict[str, str] = {}
+    for r in records:
+        a, k = repr(r.settings.get(axis)), repr(r.settings.get(key))
+        if seen.setdefault(a, k) != k:
+            return False
+    return True
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -143,7 +159,10 @@ def _plot_cdfs(plt: Any, chosen: dict[str, tuple[PointRecord, Any]], out: Path) 
         ax.set_xlabel("ms")
         ax.set_ylabel("fraction of samples")
         if drew:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels on a narrow log range overprint each other
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle("latency CDFs (each server at its highest-throughput point)")

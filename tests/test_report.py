@@ -136,3 +136,17 @@ def test_delta_direction() -> None:
     md = compare_table([Column("a", {"output_throughput": 10.0}), Column("b", {"output_throughput": 5.0})],
                        markdown=True)
     assert md.splitlines()[2] == "| output tokens/s | 10.00 | 5.00 (-50.0% worse) |"
+
+
+def test_zipped_settings_make_one_landscape_axis() -> None:
+    from hpload.scenarios.report import landscape_axes
+    from hpload.scenarios.results import PointRecord
+
+    def rec(conc: int, batch: int, seqs: int) -> PointRecord:
+        settings = {"load.concurrency": conc, "server.batch_size": batch, "server.max_num_seqs": seqs}
+        return PointRecord(point_id=f"p{conc}-{seqs}", label="hf", kind="hf", status="ok", settings=settings)
+
+    zipped = [rec(c, c, 64) for c in (1, 8, 32)]
+    assert landscape_axes(zipped) == ["load.concurrency"]  # batch_size moves with concurrency: one axis
+    grid = [rec(c, c, s) for c in (1, 8, 32) for s in (64, 128)]
+    assert landscape_axes(grid) == ["load.concurrency", "server.max_num_seqs"]
