@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,11 +54,26 @@ def test_terminate_kills_the_whole_group_including_sigterm_ignorers(tmp_path: Pa
 
 
 def test_kill_all_stops_every_registered_group(tmp_path: Path) -> None:
-    children = [procs.spawn([sys.executable, "-c", _TREE], log_path=tmp_path / f"t{i}.log") for i in range(2)]
+    # kill_all stops every group this process registered, and the test session's shared servers are registered
+    # here too: so the registry under test lives in a child interpreter of its own.
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from hpload import procs\n"
+        f"tree = {_TREE!r}\n"
+        "out = Path(sys.argv[1])\n"
+        "kids = [procs.spawn([sys.executable, '-c', tree], log_path=out / f't{i}.log') for i in range(2)]\n"
+        "import time\n"
+        "while not all('pids' in (out / f't{i}.log').read_text() for i in range(2)):\n"
+        "    time.sleep(0.05)\n"
+        "procs.kill_all(grace_s=0.5)\n"
+        "print('left', len(procs.live_children()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["left", "0"]
     pids = [pid for i in range(2) for pid in _wait_for_pids(tmp_path / f"t{i}.log")]
-    procs.kill_all(grace_s=0.5)
-    assert all(_gone(pid) for pid in pids)
-    assert not any(c in procs.live_children() for c in children)
+    assert len(pids) == 4 and all(_gone(pid) for pid in pids)
 
 
 def test_output_goes_to_the_log_file_and_tail_reads_it(tmp_path: Path) -> None:
