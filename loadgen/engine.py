@@ -152,6 +152,7 @@ class LoadRun:
         self._inflight: dict[RequestRecord, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._issued = 0
+        self._measured = 0  # requests issued outside the warm-up: num_requests counts these
         self._warmup_n = share.split(load.warmup_requests)
         self._limit_n = share.split(load.num_requests) if load.num_requests is not None else None
         self._clients: list[httpx.AsyncClient] = []
@@ -269,10 +270,10 @@ class LoadRun:
             if slot >= level:
                 await _sleep_until(min(next_change_ns, self._end_ns))
                 continue
-            index = self._take()
-            if index is None:
+            taken = self._take(now)
+            if taken is None:
                 return
-            warmup = index < self._warmup_n or now < self._warm_end_ns
+            index, warmup = taken
             await self._one(RequestRecord(index * self.share.count + self.share.index, warmup))
 
     def _level_at(self, now_ns: int, levels: list[tuple[float, int]]) -> tuple[int, int]:
@@ -287,12 +288,16 @@ class LoadRun:
                 break
         return level, next_change
 
-    def _take(self) -> int | None:
-        """The next per-process request number, or None once the measured count is reached."""
-        if self._limit_n is not None and self._issued >= self._warmup_n + self._limit_n:
+    def _take(self, now_ns: int) -> tuple[int, bool] | None:
+        """The next per-process request number and whether it is warm-up, or None once the measured count is
+        reached. ``num_requests`` counts measured requests only, whether the warm-up is counted in requests or in
+        seconds, so a timed warm-up never eats the measured phase."""
+        warmup = self._issued < self._warmup_n or now_ns < self._warm_end_ns
+        if not warmup and self._limit_n is not None and self._measured >= self._limit_n:
             return None
         self._issued += 1
-        return self._issued - 1
+        self._measured += not warmup
+        return self._issued - 1, warmup
 
     async def _open_loop(self, schedule: list[int], warm: int) -> None:
         cap = self.load.max_concurrency

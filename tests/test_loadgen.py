@@ -549,3 +549,10 @@ async def test_a_killed_worker_loses_only_its_unreported_requests(echo: Server, 
     # Worker 0 finished normally; what worker 1 reported before it died is still in the merged result.
     assert result.summary["completed"] > worker0 > 0
     assert result.histograms["ttft"].count == result.summary["completed"]
+
+
+async def test_timed_warmup_does_not_eat_the_measured_requests(echo: Server) -> None:
+    load = LoadSpec(concurrency=2, num_requests=6, warmup_s=0.3)
+    result = await run_load(echo_target(echo), WORKLOAD, load)
+    assert result.summary["completed"] == 6  # num_requests counts measured requests, after the timed warm-up
+    assert result.counters["warmup"] >= 1
