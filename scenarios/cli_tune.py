@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.replay:
         return _replay(args)
     if not args.scenario:
-        raise HploadError("hpload tune: no scenario; fix: give one (e.g. 'hpload tune slo-tune') or --replay DIR")
+        raise HploadError("no scenario; fix: give one (e.g. 'hpload tune slo-tune') or --replay DIR")
     overrides = list(args.overrides)
     for flag, path in (("storage", "tune.storage"), ("study", "tune.study_name"), ("n_trials", "tune.n_trials"),
                        ("sampler", "tune.sampler")):
