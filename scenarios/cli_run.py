@@ -14,6 +14,7 @@ _LOAD_FLAGS = {
     "num_requests": "load.num_requests",
     "duration_s": "load.duration_s",
     "warmup_requests": "load.warmup_requests",
+    "workers": "load.workers",
     "max_tokens": "workload.max_tokens",
     "input_len": "workload.input_len",
 }
@@ -50,6 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--num-requests", type=int, metavar="N", help="requests in the measured phase")
     load.add_argument("--duration-s", type=float, metavar="S", help="length of the measured phase")
     load.add_argument("--warmup-requests", type=int, metavar="N", help="requests excluded from statistics")
+    load.add_argument("--workers", type=int, metavar="N",
+                      help="client processes sharing the load (when the client itself is the bottleneck)")
     load.add_argument("--max-tokens", type=int, metavar="N", help="output tokens per request")
     load.add_argument("--input-len", type=int, metavar="N", help="synthetic prompt length in tokens")
     parser.add_argument("--rerun", action="store_true", help="measure every point again, even finished ones")

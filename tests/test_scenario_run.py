@@ -166,3 +166,17 @@ def test_server_restarts_only_when_its_settings_change(tmp_path: Path) -> None:
     assert report.measured == 6 and report.failed == 0
     # One echo process per server setting (each writes its own log), not one per point.
     assert len(list((tmp_path / "r" / "logs").glob("echo-*.log"))) == 2
+
+
+def test_workers_flag_spreads_the_client_over_processes(tmp_path: Path) -> None:
+    results = tmp_path / "workers"
+    proc = subprocess.run(
+        hpload("run", "--server", "echo", "--concurrency", "4", "--num-requests", "16", "--max-tokens", "4",
+               "--workers", "2", "--results", str(results), "--quiet"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (record,) = [json.loads(raw) for raw in finished(results).values()]
+    assert record["summary"]["completed"] == 16
+    result = json.loads((results / record["result_file"]).read_text())
+    assert result["workers"] == 2  # two client processes ran and their results were merged
