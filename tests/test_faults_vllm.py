@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import engine_pids
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.loadgen.snapshot import Snapshot
 from hpload.servers import VllmSettings, make_server
@@ -21,18 +22,6 @@ from hpload.servers import VllmSettings, make_server
 from hpload.errors import ServerError
 
 pytestmark = pytest.mark.slow
-
-
-def engine_pids(pids: list[int]) -> list[int]:
-    found = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            if "EngineCore" in proc.name() or "EngineCore" in " ".join(proc.cmdline()):
-                found.append(pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+from helpers import kill_tree
 from hpload.loadgen.result import RunResult
 
 SWEEP = """\
@@ -41,18 +39,6 @@ def hpload(*args: str) -> list[str]:
 
 def finished(results: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((results / "points").glob("*.point.json"))}
-
-
-def kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL hpload alone (a crash), then clean up the echo server it started in its own session."""
-    children = psutil.Process(proc.pid).children(recursive=True)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-    for child in children:
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def test_sigkill_mid_sweep_loses_nothing_and_rerun_resumes(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from helpers import engine_pids
 from hpload.servers import Server, VllmSettings, make_server
 
 from hpload.errors import ServerError
@@ -73,25 +74,13 @@ async def test_same_streamed_chat_on_vllm_and_wrapper(vllm_server: Server, hf_se
     assert results["vllm"]["usage"]["prompt_tokens"] == results["hf"]["usage"]["prompt_tokens"]
 
 
-def _engine_pids(server: Server) -> list[int]:
-    found = []
-    for pid in server.pids():
-        try:
-            proc = psutil.Process(pid)
-            if "EngineCore" in proc.name() or any("EngineCore" in part for part in proc.cmdline()):
-                found.append(pid)
-        except psutil.Error:
-            continue
-    return found
-
-
 async def test_engine_killed_mid_request_is_reported(tiny_model: Path, tmp_path: Path) -> None:
     # Its own server: killing the session's shared one would break every later test.
     settings = VllmSettings(label="vllm-victim", model=str(tiny_model), dtype="float32", max_model_len=512,
                             max_num_seqs=4, startup_timeout_s=400)
     server = make_server(settings, workdir=tmp_path)
     async with server:
-        engines = _engine_pids(server)
+        engines = engine_pids(server.pids())
         assert engines, f"no EngineCore process among {server.pids()}"
         body = {"model": server.model, "messages": [{"role": "user", "content": "import os"}], "max_tokens": 480,
                 "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}

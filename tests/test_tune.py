@@ -4,16 +4,14 @@ resume, SIGKILL mid-study, defaults first, SLOs as constraints)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+from helpers import kill_tree
 from hpload.scenarios.landscape import Landscape, default_infpop_dir, load_infpop, replay_study, trials_to_reach
 from hpload.scenarios.space import ParamSpec
 from hpload.scenarios.tuning import Outcome, Tuner
@@ -171,14 +169,7 @@ def test_tune_killed_mid_trial_resumes_without_losing_or_repeating(tmp_path: Pat
             time.sleep(0.05)
         time.sleep(0.3)  # into the next trial's measurement
     finally:
-        children = psutil.Process(proc.pid).children(recursive=True)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        for child in children:
-            try:
-                os.killpg(child.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_tree(proc)
     before = {p.name: p.read_bytes() for p in (results / "points").glob("*.point.json")}
     rerun = subprocess.run(hpload("tune", str(scenario), "--results", str(results), "--quiet"),
                            capture_output=True, text=True, timeout=300)
