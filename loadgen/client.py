@@ -1,6 +1,8 @@
 """One request, timed: send, read the SSE stream as bytes arrive, and classify any failure by kind.
 
-Timestamps are ``time.perf_counter_ns()`` taken when the bytes arrive (in the transport's ``data_received``). A chunk
+Timestamps are in ``time.perf_counter_ns()`` units: a request starts when its bytes are handed to the kernel (or its
+connection starts to open) and each chunk is stamped when its bytes reached this host, by the kernel's receive
+timestamp (:mod:`hpload.loadgen.transport`), so the event loop's backlog never lands in the figures. A chunk
 "carries a token" when its ``choices`` list is not empty, exactly as vLLM's bench client counts: a token's text may be
 empty (the server's detokenizer holds back partial UTF-8, or a special token), yet it is still a token. ttft ends at
 the first such chunk, e2el at the last one (the usage trailer, whose ``choices`` is empty, and ``[DONE]`` excluded).
@@ -39,6 +41,7 @@ class RequestRecord:
         "index",
         "itl_ns",
         "last_ns",
+        "request_id",
         "scheduled_ns",
         "send_ns",
         "status",
@@ -65,6 +68,7 @@ class RequestRecord:
         self.error_kind: str | None = None
         self.error_msg = ""
         self.timed_out = False  # set by the watchdog just before it cancels the request
+        self.request_id = ""  # sent as X-Request-Id when per-request records are kept, to join with server logs
 
     def fail(self, kind: str, msg: str) -> None:
         if self.error_kind is None:
@@ -96,6 +100,10 @@ class RequestRecord:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"i": self.index, "warmup": self.warmup, "ok": self.ok, "status": self.status}
+        if self.request_id:
+            out["request_id"] = self.request_id
+        # perf_counter_ns is CLOCK_MONOTONIC: comparable with server-side monotonic stamps taken on the same host.
+        out["send_ns"] = self.send_ns
         if self.scheduled_ns:
             out["schedule_lag_ms"] = (self.send_ns - self.scheduled_ns) / 1e6
         if self.ok:
@@ -109,6 +117,8 @@ class RequestRecord:
             tpot = self.tpot_ns
             if tpot is not None:
                 out["tpot_ms"] = tpot / 1e6
+            if self.itl_ns:
+                out["itl_ms"] = [gap / 1e6 for gap in self.itl_ns]  # as vLLM bench serve's --save-detailed "itls"
         else:
             out.update(error=self.error_kind, message=self.error_msg)
         return out
@@ -148,6 +158,9 @@ async def send_request(
     try:
         async with client.stream("POST", url, content=body, headers=headers) as resp:
             rec.status = resp.status_code
+            stamps = resp.extensions.get(ARRIVAL_EXTENSION)
+            if stamps is not None and stamps.start_ns:
+                rec.send_ns = stamps.start_ns  # when the bytes left, not when this task began building them
             if resp.status_code >= 400:
                 detail = (await resp.aread())[:300].decode("utf-8", "replace")
                 rec.fail(f"http_{resp.status_code // 100}xx", f"HTTP {resp.status_code}: {detail}")
@@ -156,7 +169,6 @@ async def send_request(
                 await _read_stream(resp, rec)
             else:
                 raw = await resp.aread()
-                stamps = resp.extensions.get(ARRIVAL_EXTENSION)
                 rec.first_ns = rec.last_ns = stamps.arrival_ns if stamps is not None else perf_counter_ns()
                 _read_whole(raw, rec)
     except asyncio.CancelledError:
@@ -177,7 +189,7 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord) -> None:
     decoder = SSEDecoder()
     done = False
     itl = rec.itl_ns
-    stamps = resp.extensions.get(ARRIVAL_EXTENSION)  # LeanTransport: stamped in data_received
+    stamps = resp.extensions.get(ARRIVAL_EXTENSION)  # LeanTransport: the kernel's arrival stamps
     async for chunk in resp.aiter_raw():
         now = stamps.arrival_ns if stamps is not None else perf_counter_ns()
         for ev in decoder.feed(chunk):

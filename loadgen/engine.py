@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,7 +65,8 @@ async def run_load(
     """Run one load against one target and return the result (also when ``stop`` ends it early).
 
     ``observer`` receives a :class:`~hpload.loadgen.snapshot.Snapshot` every ``snapshot_interval_s`` and a final one
-    with ``phase == "done"``. ``requests_path`` gets one JSON line per request (one file per worker process).
+    with ``phase == "done"``. ``requests_path`` gets one JSON line per request (one file per worker process), with
+    its inter-token gaps, and each request is sent with an ``X-Request-Id`` that its line repeats.
     """
     metrics_url = target.metrics_url or target.base_url.rstrip("/") + "/metrics"
     headers = auth_headers(target)
@@ -149,6 +151,8 @@ class LoadRun:
         self.health = HealthMonitor()
         self.requests_path = requests_path
         self._out: IO[str] | None = None
+        # Only with per-request records: an id is only worth sending when something keeps it.
+        self._id_prefix = f"hpload-{secrets.token_hex(4)}-" if requests_path is not None else ""
         self._inflight: dict[RequestRecord, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._issued = 0
@@ -320,6 +324,10 @@ class LoadRun:
         req = self.requests[rec.index % len(self.requests)]
         rec.expected_in = req.expected_in
         client = self._clients[rec.index % len(self._clients)]
+        headers = self.headers
+        if self._id_prefix:
+            rec.request_id = f"{self._id_prefix}{rec.index}"
+            headers = {**headers, "X-Request-Id": rec.request_id}
         recorder = self.recorder
         recorder.started += 1
         recorder.in_flight += 1
@@ -327,7 +335,7 @@ class LoadRun:
         assert task is not None
         self._inflight[rec] = task
         try:
-            await send_request(client, self.url, req.body, self.headers, rec, self.workload.stream)
+            await send_request(client, self.url, req.body, headers, rec, self.workload.stream)
         except asyncio.CancelledError:
             if not rec.warmup:
                 recorder.counters["incomplete"] += 1

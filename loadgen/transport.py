@@ -1,10 +1,16 @@
-"""A lean HTTP/1.1 transport for httpx, built on an ``asyncio.Protocol``, for many concurrent SSE streams.
+"""A lean HTTP/1.1 transport for httpx, for many concurrent SSE streams, timed by the kernel.
 
 httpx stays the client API (requests, responses, exceptions); this replaces only the connection layer. Measured on
 this project's 2-core machine against the echo server, httpcore's per-chunk path (h11 events, anyio streams, a pool
 that revisits every connection per request) cost more CPU than the whole of vLLM's aiohttp client; here a chunk costs
-one ``data_received`` and one future wake-up. Each body piece carries ``arrival_ns``, the ``perf_counter_ns`` taken
-in ``data_received``, so latency is stamped when the bytes arrive, not when the consumer task gets to run.
+one read callback and one future wake-up.
+
+Each connection is a non-blocking socket watched with ``loop.add_reader`` and read with ``recvmsg``, so every body
+piece carries ``arrival_ns``: when its bytes reached this host by the kernel's receive timestamp
+(:mod:`hpload.netstamp`), in ``perf_counter_ns`` units. A stamp taken when the event loop gets to the socket would
+carry the loop's backlog: with 256 streams receiving a token at once, the last one is read milliseconds late. The
+request's start (``start_ns``) is stamped just before its bytes are handed to the kernel, or before the connection is
+opened when it needs a new one, so connection set-up counts as vLLM's bench client counts it.
 
 Scope: plain HTTP/1.1 to loopback or LAN servers (no TLS, no proxies, no HTTP/2); chunked, content-length and
 read-until-close bodies; keep-alive with an idle expiry shorter than the server's, so the server never closes a
@@ -14,23 +20,33 @@ connection the client is about to reuse.
 from __future__ import annotations
 
 import asyncio
+import errno
 import select
+import socket
 from collections import deque
 from collections.abc import AsyncIterator
 from time import monotonic, perf_counter_ns
+from typing import Any
 
 import httpx2 as httpx
 
+from hpload import netstamp
+
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
 _MAX_HEAD = 256 * 1024
-ARRIVAL_EXTENSION = "hpload.arrival"  # response.extensions key: the body stream, whose arrival_ns stamps each piece
+_READ_SIZE = 64 * 1024
+ARRIVAL_EXTENSION = "hpload.arrival"  # response.extensions key: the body stream, with start_ns and arrival_ns
 
 
-class _Connection(asyncio.Protocol):
+class _Connection:
     """One TCP connection, one response at a time."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.loop = loop
+        self.sock: socket.socket | None = sock
+        self.fd = sock.fileno()
+        self.stamped = netstamp.enable(sock)
+        self.out = bytearray()  # request bytes the kernel has not taken yet
         self.buf = bytearray()
         self.state = _DONE
         self.remaining = 0
@@ -42,33 +58,92 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.idle_since = monotonic()
         self.received_any = False
+        self.sent_ns = 0
+        loop.add_reader(self.fd, self._on_readable)
 
-    # ---- protocol callbacks ----
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        now = perf_counter_ns()
+    # ---- socket callbacks ----
+    def _on_readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            data, at = netstamp.recv(sock, _READ_SIZE, self.stamped)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            self._lost(err)
+            return
+        if not data:
+            self._lost(None)
+            return
         self.received_any = True
         self.buf += data
         try:
-            self._parse(now)
+            self._parse(at)
         except (ValueError, IndexError) as err:
             self.error = httpx.RemoteProtocolError(f"malformed response: {err}")
-            if self.transport is not None:
-                self.transport.close()
+            self.close()
         self._wake()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.transport = None
+    def _on_writable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            self._write_failed(err)
+            return
+        del self.out[:sent]
+        if not self.out:
+            self.loop.remove_writer(self.fd)
+
+    def _write(self, data: bytes) -> None:
+        sock = self.sock
+        if sock is None:
+            self._write_failed(None)
+            return
+        if self.out:
+            self.out += data
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as err:
+            self._write_failed(err)
+            return
+        if sent < len(data):
+            self.out += data[sent:]
+            self.loop.add_writer(self.fd, self._on_writable)
+
+    def _write_failed(self, err: OSError | None) -> None:
+        # A reset or a closed socket while sending: the server is gone; the reader side learns it the same way.
+        if err is not None and err.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
+            self.error = self.error or httpx.WriteError(str(err))
+        self._lost(err)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self.close()
         if self.state == _UNTIL_CLOSE:
             self.state = _DONE
         elif self.state != _DONE and self.error is None:
             msg = "Server disconnected without sending a response." if self.head is None else "peer closed mid-body"
             self.error = httpx.RemoteProtocolError(msg) if exc is None else httpx.ReadError(str(exc))
         self._wake()
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        self.closed = True
+        if sock is None:
+            return
+        self.loop.remove_reader(self.fd)
+        if self.out:
+            self.loop.remove_writer(self.fd)
+            self.out.clear()
+        sock.close()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -161,11 +236,11 @@ class _Connection(asyncio.Protocol):
 
     # ---- consumer side ----
     def start(self, data: bytes) -> None:
-        assert self.transport is not None
         self.state, self.head, self.error = _HEAD, None, None
         self.received_any = False
         self.pieces.clear()
-        self.transport.write(data)
+        self.sent_ns = perf_counter_ns()
+        self._write(data)
 
     async def wait(self) -> None:
         self.waiter = asyncio.get_running_loop().create_future()
@@ -189,10 +264,12 @@ class _Connection(asyncio.Protocol):
 
 
 class _Body(httpx.AsyncByteStream):
-    """The response body. ``arrival_ns`` is the arrival time of the piece most recently yielded."""
+    """The response body. ``arrival_ns`` is the arrival time of the piece most recently yielded; ``start_ns`` when
+    the request started (its bytes handed to the kernel, or its new connection begun)."""
 
-    def __init__(self, conn: _Connection, pool: LeanTransport, key: tuple[str, int]) -> None:
+    def __init__(self, conn: _Connection, pool: LeanTransport, key: tuple[str, int], start_ns: int) -> None:
         self.conn, self.pool, self.key = conn, pool, key
+        self.start_ns = start_ns
         self.arrival_ns = 0
         self._released = False
 
@@ -228,7 +305,7 @@ class _Body(httpx.AsyncByteStream):
 
 def _readable(conn: _Connection) -> bool:
     """An idle connection with bytes (or EOF) waiting is one the server has closed or broken: never reuse it."""
-    sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+    sock = conn.sock
     if sock is None:
         return True
     try:
@@ -247,6 +324,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self.connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
+        self._addresses: dict[tuple[str, int], asyncio.Future[list[tuple[int, tuple[Any, ...]]]]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -257,10 +335,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
         head += [b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw]
         data = b"".join(head) + b"\r\n" + body
+        start_ns = 0
         for attempt in (0, 1):
+            began_ns = perf_counter_ns()
             conn, reused = await self._acquire(key, request)
             try:
                 conn.start(data)
+                # The first attempt's start: a retry after a stale connection is part of this request's latency.
+                start_ns = start_ns or (conn.sent_ns if reused else began_ns)
                 status, headers = await conn.read_head()
                 break
             except httpx.RemoteProtocolError:
@@ -272,7 +354,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 self._discard(conn)
                 raise
-        body_stream = _Body(conn, self, key)
+        body_stream = _Body(conn, self, key, start_ns)
         # httpx wraps the stream it is given; the extension is how the reader finds the arrival stamps.
         return httpx.Response(
             status, headers=headers, stream=body_stream, request=request, extensions={ARRIVAL_EXTENSION: body_stream}
@@ -287,16 +369,43 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 return conn, True
             self._discard(conn)
         timeout = request.extensions.get("timeout", {}).get("connect") or self.connect_timeout_s
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(_Connection, key[0], key[1])
+                conn = await self._connect(key)
         except TimeoutError as err:
             raise httpx.ConnectTimeout(f"connect to {key[0]}:{key[1]} took over {timeout} s") from err
         except OSError as err:
             raise httpx.ConnectError(f"{err.strerror or err}: {key[0]}:{key[1]}") from err
         self._all.add(conn)
         return conn, False
+
+    async def _connect(self, key: tuple[str, int]) -> _Connection:
+        loop = asyncio.get_running_loop()
+        # One lookup per host, shared: hundreds of streams opening at once must not queue hundreds of lookups.
+        resolving = self._addresses.get(key)
+        if resolving is None:
+            resolving = self._addresses[key] = asyncio.ensure_future(_resolve(loop, key))
+        try:
+            addresses = await asyncio.shield(resolving)
+        except OSError:
+            self._addresses.pop(key, None)
+            raise
+        error: OSError | None = None
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await loop.sock_connect(sock, address)
+            except OSError as err:
+                sock.close()
+                error = err
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return _Connection(loop, sock)
+        raise error or OSError(f"no address for {key[0]}")
 
     def release(self, key: tuple[str, int], conn: _Connection) -> None:
         if conn.reusable:
@@ -307,10 +416,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     def _discard(self, conn: _Connection) -> None:
         self._all.discard(conn)
-        if conn.transport is not None:
-            conn.transport.close()
+        conn.close()
 
     async def aclose(self) -> None:
         for conn in list(self._all):
             self._discard(conn)
         self._idle.clear()
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, key: tuple[str, int]) -> list[tuple[int, tuple[Any, ...]]]:
+    infos = await loop.getaddrinfo(key[0], key[1], type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return [(family, address) for family, _type, _proto, _name, address in infos]

@@ -55,6 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="client processes sharing the load (when the client itself is the bottleneck)")
     load.add_argument("--max-tokens", type=int, metavar="N", help="output tokens per request")
     load.add_argument("--input-len", type=int, metavar="N", help="synthetic prompt length in tokens")
+    parser.add_argument("--save-requests", action="store_true",
+                        help="also keep one JSON line per request (points/<point>.requests.jsonl)")
     parser.add_argument("--rerun", action="store_true", help="measure every point again, even finished ones")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
 
@@ -102,6 +104,8 @@ def flag_edits(args: argparse.Namespace) -> Any:
                 section.pop("duration_s", None)
             elif name == "duration_s" and args.num_requests is None:
                 section.pop("num_requests", None)
+        if getattr(args, "save_requests", False):
+            data["save_requests"] = True
         if args.server and args.scenario is None:
             data["name"] = "adhoc"
             data.pop("thresholds", None)

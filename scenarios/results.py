@@ -4,6 +4,8 @@ Layout::
 
     RESULTS/scenario.json              the resolved scenario (what was asked for)
     RESULTS/points/<point_id>.json     the load generator's RunResult (histograms included)
+    RESULTS/points/<point_id>.hlog     the same histograms as an HdrHistogram log (format 1.2)
+    RESULTS/points/<point_id>.requests.jsonl   one line per request, with ``save_requests`` / --save-requests
     RESULTS/points/<point_id>.point.json   what the point was (server, settings, status), written last
 
 A point counts as finished only when its ``.point.json`` exists, and both files are replaced atomically, so a
@@ -114,6 +116,12 @@ class ResultStore:
     def result_path(self, point_id: str) -> Path:
         return self.points_dir / f"{point_id}.json"
 
+    def requests_path(self, point_id: str) -> Path:
+        return self.points_dir / f"{point_id}.requests.jsonl"
+
+    def hdr_log_path(self, point_id: str) -> Path:
+        return self.points_dir / f"{point_id}.hlog"
+
     def record_path(self, point_id: str) -> Path:
         return self.points_dir / f"{point_id}{POINT_SUFFIX}"
 
@@ -121,6 +129,8 @@ class ResultStore:
         """The result first, then the record that marks the point finished."""
         if result is not None:
             result.save(self.result_path(record.point_id))
+            # The same histograms in HdrHistogram's own log format, which HdrHistogram's tools read as they are.
+            result.save_hdr_log(self.hdr_log_path(record.point_id))
             record.result_file = str(self.result_path(record.point_id).relative_to(self.root))
         write_json_atomic(self.record_path(record.point_id), record.to_dict())
         record.path = self.record_path(record.point_id)

@@ -125,6 +125,7 @@ async def measure(
     *,
     observer: Observer | None = None,
     stop: asyncio.Event | None = None,
+    requests_path: Path | None = None,
 ) -> tuple[RunResult | None, str | None]:
     """One measurement: (result, None), or (result or None, why it failed). A crashed server is an outcome, not an
     error; a server that died mid-run still returns the run's result."""
@@ -140,8 +141,9 @@ async def measure(
         # GPU telemetry beside the client's metrics; where there is no GPU the sampler records why and costs nothing.
         with GpuSampler() as gpu:
             result = await run_load(
-                target_for(server, server_settings), workload, load, slo=slo, observer=observer, stop=stop
-            )
+                target_for(server, server_settings), workload, load, slo=slo, observer=observer, stop=stop,
+                requests_path=requests_path,
+            )  # fmt: skip
         result.gpu = gpu.summary()
     except ServerError as err:
         await keeper.close()
@@ -219,9 +221,11 @@ async def run_scenario(
                 listener.point_finished(index, len(points), done, True)
                 continue
             listener.point_started(index, len(points), point)
+            requests_path = store.requests_path(point.point_id) if scenario.save_requests else None
             result, error = await measure(
-                keeper, point.server, point.workload, point.load, scenario.slo, observer=observer, stop=stop
-            )
+                keeper, point.server, point.workload, point.load, scenario.slo, observer=observer, stop=stop,
+                requests_path=requests_path,
+            )  # fmt: skip
             if stop is not None and stop.is_set():
                 # A point cut short is not a measurement: leave it for the rerun.
                 report.stopped = True

@@ -117,6 +117,9 @@ class Scenario(_Strict):
     seed: int = 0
     results_dir: str | None = None
     """None = ``results/<name>`` under the current directory."""
+    save_requests: bool = False
+    """Also keep one JSON line per request (``points/<point>.requests.jsonl``): ttft, e2el, tpot, every
+    inter-token gap, errors, and the ``X-Request-Id`` it was sent with, to find it in the server's log."""
     on_failure: Literal["continue", "stop"] = "continue"
     """When a point fails (its server crashed or never came up): go on with the next point, or stop the sweep."""
     sweep: SweepSpec | None = None

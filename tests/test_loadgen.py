@@ -77,6 +77,10 @@ async def test_metrics_match_the_echo_servers_settings(echo: Server, tmp_path: P
     assert snaps[-1].output_token_rate == pytest.approx(s["output_throughput"], rel=0.05)
     lines = [json.loads(line) for line in (tmp_path / "req.jsonl").read_text().splitlines()]
     assert len(lines) == 44 and sum(1 for line in lines if line["warmup"]) == 4
+    for line in lines:
+        assert len(line["itl_ms"]) == TOKENS - 1
+        assert sum(line["itl_ms"]) == pytest.approx(line["e2el_ms"] - line["ttft_ms"], abs=1e-3)
+    assert len({line["request_id"] for line in lines}) == 44
     table = format_table(result)
     assert "ttft" in table and "p99" in table
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter_ns
 
 import httpx2 as httpx
 import pytest
 from hpload.loadgen.transport import ARRIVAL_EXTENSION, LeanTransport
+
+from hpload import netstamp
 
 # Fixtures and tests share the session loop: the client's connections must be closed on the loop that made them.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -173,3 +178,52 @@ async def test_unread_body_closes_the_connection(client: httpx.AsyncClient) -> N
             break  # abandon mid-body
     assert (await client.get(url)).content == b"a" * 10 + b"b" * 10
     assert server.connections == 2
+
+
+def _kernel_stamps() -> bool:
+    with socket.socket() as sock:
+        return netstamp.enable(sock)
+
+
+def _threaded_server(script: Callable[[socket.socket], None]) -> tuple[str, threading.Thread]:
+    """A server in its own thread, so it keeps time while the test blocks the client's event loop."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            script(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{port}", thread
+
+
+@pytest.mark.skipif(not _kernel_stamps(), reason="no kernel receive timestamps on this system")
+async def test_arrival_is_when_bytes_came_not_when_a_busy_loop_read_them(client: httpx.AsyncClient) -> None:
+    sent: dict[str, int] = {}
+
+    def script(conn: socket.socket) -> None:
+        while b"\r\n\r\n" not in conn.recv(65536):
+            pass
+        sent["request_seen"] = perf_counter_ns()
+        sent["first"] = perf_counter_ns()
+        conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        time.sleep(0.02)
+        sent["second"] = perf_counter_ns()
+        conn.sendall(b"6\r\nsecond\r\n0\r\n\r\n")
+
+    url, thread = _threaded_server(script)
+    async with client.stream("GET", url) as resp:
+        body = resp.extensions[ARRIVAL_EXTENSION]
+        # The loop is stuck (as when it serves hundreds of streams) while the second piece comes in.
+        time.sleep(0.15)  # noqa: ASYNC251 - blocking the loop is the point
+        read_ns = perf_counter_ns()
+        stamps = [(piece, body.arrival_ns) async for piece in resp.aiter_raw()]
+    thread.join(5)
+    assert [p for p, _ in stamps] == [b"first", b"second"]
+    assert body.start_ns <= sent["request_seen"]
+    for (_, at), key in zip(stamps, ("first", "second"), strict=True):
+        assert 0 <= at - sent[key] < 5_000_000, f"{key}: stamped {(at - sent[key]) / 1e6:.2f} ms after it was sent"
+    assert read_ns - sent["second"] > 100_000_000  # the loop really was late to read it

@@ -113,7 +113,7 @@ def test_flags_alone_run_without_a_scenario(tmp_path: Path) -> None:
     results = tmp_path / "adhoc"
     proc = subprocess.run(
         hpload("run", "--server", "echo", "--concurrency", "3", "--num-requests", "12", "--max-tokens", "4",
-               "--results", str(results), "--quiet"),
+               "--results", str(results), "--quiet", "--save-requests"),
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -122,6 +122,16 @@ def test_flags_alone_run_without_a_scenario(tmp_path: Path) -> None:
     assert record["summary"]["completed"] == 12
     assert record["summary"]["total_output_tokens"] == 12 * 4
     assert "output tokens/s" in proc.stdout and str(results) in proc.stdout
+    # --save-requests: a line per request, each with its own X-Request-Id and every inter-token gap.
+    point = results / "points" / record["point_id"]
+    lines = [json.loads(raw) for raw in point.with_suffix(".requests.jsonl").read_text().splitlines()]
+    measured = [line for line in lines if not line["warmup"]]
+    assert len(measured) == 12 and all(len(line["itl_ms"]) == 3 for line in measured)
+    assert len({line["request_id"] for line in lines}) == len(lines)
+    # The histograms also land as an HdrHistogram log, one tagged line per metric.
+    hlog = point.with_suffix(".hlog").read_text().splitlines()
+    assert hlog[0] == "#[Histogram log format version 1.2]"
+    assert {line.split(",")[0] for line in hlog[3:]} >= {"Tag=ttft", "Tag=itl", "Tag=e2el"}
 
 
 @pytest.mark.parametrize(
