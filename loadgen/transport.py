@@ -5,12 +5,18 @@ this project's 2-core machine against the echo server, httpcore's per-chunk path
 that revisits every connection per request) cost more CPU than the whole of vLLM's aiohttp client; here a chunk costs
 one read callback and one future wake-up.
 
-Each connection is a non-blocking socket watched with ``loop.add_reader`` and read with ``recvmsg``, so every body
-piece carries ``arrival_ns``: when its bytes reached this host by the kernel's receive timestamp
-(:mod:`hpload.netstamp`), in ``perf_counter_ns`` units. A stamp taken when the event loop gets to the socket would
-carry the loop's backlog: with 256 streams receiving a token at once, the last one is read milliseconds late. The
-request's start (``start_ns``) is stamped just before its bytes are handed to the kernel, or before the connection is
-opened when it needs a new one, so connection set-up counts as vLLM's bench client counts it.
+Each connection is a non-blocking socket read with ``recvmsg``, so every body piece carries ``arrival_ns``: when its
+bytes reached this host by the kernel's receive timestamp (:mod:`hpload.netstamp`), in ``perf_counter_ns`` units. A
+stamp taken when the event loop gets to the socket would carry the loop's backlog: with 256 streams receiving a token
+at once, the last one is read milliseconds late. The request's start (``start_ns``) is stamped just before its bytes
+are handed to the kernel, or before the connection is opened when it needs a new one, so connection set-up counts as
+vLLM's bench client counts it.
+
+A kernel stamp is that of the newest bytes in a read, so a socket must still be read before its next chunk comes,
+or two tokens share one stamp. One loop iteration can run hundreds of consumer steps (a whole burst of tokens, tens
+of milliseconds), so reads do not wait for the next iteration: all connections sit in one epoll set
+(:class:`_Readers`), which the loop watches as one descriptor, and consumers drain it between their steps whenever
+``DRAIN_EVERY_NS`` has passed. Reading stays at most about a millisecond behind, however busy the loop is.
 
 Scope: plain HTTP/1.1 to loopback or LAN servers (no TLS, no proxies, no HTTP/2); chunked, content-length and
 read-until-close bodies; keep-alive with an idle expiry shorter than the server's, so the server never closes a
@@ -35,14 +41,16 @@ from hpload import netstamp
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
 _MAX_HEAD = 256 * 1024
 _READ_SIZE = 64 * 1024
+DRAIN_EVERY_NS = 1_000_000
 ARRIVAL_EXTENSION = "hpload.arrival"  # response.extensions key: the body stream, with start_ns and arrival_ns
 
 
 class _Connection:
     """One TCP connection, one response at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, readers: _Readers) -> None:
         self.loop = loop
+        self.readers = readers
         self.sock: socket.socket | None = sock
         self.fd = sock.fileno()
         self.stamped = netstamp.enable(sock)
@@ -59,7 +67,7 @@ class _Connection:
         self.idle_since = monotonic()
         self.received_any = False
         self.sent_ns = 0
-        loop.add_reader(self.fd, self._on_readable)
+        readers.add(self)
 
     # ---- socket callbacks ----
     def _on_readable(self) -> None:
@@ -139,7 +147,7 @@ class _Connection:
         self.closed = True
         if sock is None:
             return
-        self.loop.remove_reader(self.fd)
+        self.readers.remove(self)
         if self.out:
             self.loop.remove_writer(self.fd)
             self.out.clear()
@@ -280,6 +288,7 @@ class _Body(httpx.AsyncByteStream):
             while pieces:
                 data, self.arrival_ns = pieces.popleft()
                 yield data
+                conn.readers.maybe_drain()
             if conn.error is not None:
                 raise conn.error
             if conn.state == _DONE:
@@ -303,6 +312,57 @@ class _Body(httpx.AsyncByteStream):
             self.pool.release(self.key, self.conn)
 
 
+class _Readers:
+    """Reads every connection of one transport: from one epoll set where there is one (Linux), which the loop watches
+    as a single descriptor and consumers drain between steps; else one loop reader per socket."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.conns: dict[int, _Connection] = {}
+        self.last_ns = 0
+        self.epoll = select.epoll() if hasattr(select, "epoll") else None
+        if self.epoll is not None:
+            loop.add_reader(self.epoll.fileno(), self.drain)
+
+    def add(self, conn: _Connection) -> None:
+        self.conns[conn.fd] = conn
+        if self.epoll is not None:
+            self.epoll.register(conn.fd, select.EPOLLIN)
+        else:
+            self.loop.add_reader(conn.fd, conn._on_readable)
+
+    def remove(self, conn: _Connection) -> None:
+        if self.conns.get(conn.fd) is not conn:
+            return
+        del self.conns[conn.fd]
+        if self.epoll is not None:
+            try:
+                self.epoll.unregister(conn.fd)
+            except (OSError, ValueError):
+                pass
+        else:
+            self.loop.remove_reader(conn.fd)
+
+    def drain(self) -> None:
+        """Read every connection with bytes (or EOF) waiting."""
+        if self.epoll is None:
+            return
+        self.last_ns = perf_counter_ns()
+        for fd, _events in self.epoll.poll(0):
+            conn = self.conns.get(fd)
+            if conn is not None:
+                conn._on_readable()
+
+    def maybe_drain(self) -> None:
+        if perf_counter_ns() - self.last_ns > DRAIN_EVERY_NS:
+            self.drain()
+
+    def close(self) -> None:
+        if self.epoll is not None and not self.epoll.closed:
+            self.loop.remove_reader(self.epoll.fileno())
+            self.epoll.close()
+
+
 def _readable(conn: _Connection) -> bool:
     """An idle connection with bytes (or EOF) waiting is one the server has closed or broken: never reuse it."""
     sock = conn.sock
@@ -324,6 +384,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self.connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
+        self._readers: _Readers | None = None
         self._addresses: dict[tuple[str, int], asyncio.Future[list[tuple[int, tuple[Any, ...]]]]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -331,6 +392,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if url.scheme != "http":
             raise httpx.UnsupportedProtocol(f"{url.scheme}: this transport speaks plain HTTP/1.1 only")
         key = (url.host, url.port or 80)
+        if self._readers is not None:
+            self._readers.maybe_drain()  # a burst of requests ending and starting is a long run of steps too
         body = request.content if isinstance(request.stream, httpx.ByteStream) else await request.aread()
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
         head += [b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw]
@@ -404,7 +467,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 sock.close()
                 raise
-            return _Connection(loop, sock)
+            if self._readers is None:
+                self._readers = _Readers(loop)
+            return _Connection(loop, sock, self._readers)
         raise error or OSError(f"no address for {key[0]}")
 
     def release(self, key: tuple[str, int], conn: _Connection) -> None:
@@ -422,6 +487,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         for conn in list(self._all):
             self._discard(conn)
         self._idle.clear()
+        if self._readers is not None:
+            self._readers.close()
+            self._readers = None
 
 
 async def _resolve(loop: asyncio.AbstractEventLoop, key: tuple[str, int]) -> list[tuple[int, tuple[Any, ...]]]:
