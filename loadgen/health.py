@@ -2,6 +2,10 @@
 
 Loop lag is measured by a task that sleeps a fixed period and records how late it wakes. asyncio rounds its epoll
 timeout up to the next millisecond, so up to 1 ms of lag is the loop's floor, not a symptom.
+
+A busy loop does not skew latency figures (chunks carry the kernel's arrival stamps and are read within about a
+millisecond, see :mod:`hpload.loadgen.transport`); it delays sends. A closed loop then holds fewer requests in flight
+than asked, and an open loop falls behind its schedule, so the load the server saw was not the load that was set.
 """
 
 from __future__ import annotations
