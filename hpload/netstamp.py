@@ -24,6 +24,7 @@ _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux: tv_sec, tv_nsec
 CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 _NS = 1_000_000_000
+_BRACKET_NS = 20_000
 
 
 def enable(sock: socket.socket) -> bool:
@@ -50,6 +51,18 @@ def recv(sock: socket.socket, bufsize: int, stamped: bool) -> tuple[bytes, int]:
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
             sec, nsec = _TIMESPEC.unpack_from(payload)
-            at = sec * _NS + nsec - (time_ns() - now)
+            at = sec * _NS + nsec - _realtime_offset(now)
             return data, at if at < now else now
     return data, now
+
+
+def _realtime_offset(before: int) -> int:
+    """CLOCK_REALTIME minus perf_counter_ns, read between two monotonic reads: a preemption between the clock reads
+    would otherwise shift a stamp by the time the process was off the CPU, so a wide bracket is read again."""
+    for _ in range(3):
+        real = time_ns()
+        after = perf_counter_ns()
+        if after - before < _BRACKET_NS:
+            break
+        before = after
+    return real - (before + after) // 2
