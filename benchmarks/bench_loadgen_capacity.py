@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Overridden by --server-cores / --client-cores (a bigger machine gives --workers cores of their own).
 SERVER_CORE, CLIENT_CORE = "1", "0"
 # (row name, role, worker processes). "httpx pool" is hpload with httpx's own httpcore pool instead of LeanTransport,
 # the measurement behind the transport choice.
@@ -35,6 +36,11 @@ CLIENTS = (
     ("hpload workers=2", "hpload", 2),
     ("hpload httpx pool", "hpload-httpcore", 1),
 )
+
+
+def _set_cores(server: str, client: str) -> None:
+    global SERVER_CORE, CLIENT_CORE
+    SERVER_CORE, CLIENT_CORE = server, client
 
 
 def _taskset(core: str) -> list[str]:
@@ -157,14 +163,17 @@ def main() -> None:
     p.add_argument("--itl-ms", type=float, default=2.0, help="echo inter-token delay")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--server-cores", default=SERVER_CORE, help="taskset list for the echo server (default 1)")
+    p.add_argument("--client-cores", default=CLIENT_CORE, help="taskset list for every client (default 0)")
     args = p.parse_args()
+    _set_cores(args.server_cores, args.client_cores)
     if args.role:
         args.concurrency = args.concurrency[0]
         fn = role_hpload if args.role == "hpload" else role_vllm
         print("RESULT " + json.dumps(fn(args)), flush=True)
         return
 
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: tails follow it); server on core {SERVER_CORE}, clients on core {CLIENT_CORE}")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: tails follow it); server on core(s) {SERVER_CORE}, clients on core(s) {CLIENT_CORE}")
     print(f"{args.requests} streamed requests x {args.tokens} tokens, echo ttft 1 ms, itl {args.itl_ms} ms\n")
     header = f"{'client':<20}{'conc':>6}{'req/s':>9}{'chunks/s':>10}{'cpu s':>8}{'chunks/cpu-s':>14}{'ttft p50':>10}{'echo chunks/cpu-s':>18}"
     print(header)
