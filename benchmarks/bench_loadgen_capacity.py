@@ -185,7 +185,12 @@ def main() -> None:
                 for _ in range(args.repeats):
                     for name, role, workers in CLIENTS:
                         server_cpu0 = _cpu_s(proc.pid)
-                        r = run_client(role, url, conc, args.requests, args.tokens, workers)
+                        try:
+                            r = run_client(role, url, conc, args.requests, args.tokens, workers)
+                        except (RuntimeError, subprocess.TimeoutExpired) as err:
+                            # One client that cannot run here (say, another vLLM version) must not hide the others.
+                            print(f"{name:<20}{conc:>6}  did not run: {str(err).strip().splitlines()[-1][:200]}")
+                            continue
                         r["server_cpu_s"] = _cpu_s(proc.pid) - server_cpu0
                         rows.setdefault(name, []).append(r)
                 med: dict[str, dict[str, float]] = {}
@@ -202,9 +207,11 @@ def main() -> None:
                     med[name] = m
                     print(f"{name:<20}{conc:>6}{m['rps']:>9.0f}{m['cps']:>10.0f}{m['cpu']:>8.2f}"
                           f"{m['per_cpu']:>14.0f}{m['ttft']:>10.2f}{m['server_per_cpu']:>16.0f}" + (f"  failed {m['failed']}" if m["failed"] else ""))  # fmt: skip
-                base = med["vllm bench"]
-                for name in ("hpload", "hpload workers=2", "hpload httpx pool"):
-                    print(f"  ratio {name} / vllm bench at {conc}: chunks per CPU-s {med[name]['per_cpu'] / base['per_cpu']:.2f},"
+                base = med.get("vllm bench") or med.get("hpload")
+                if base is None:
+                    continue
+                for name in [n for n in ("hpload", "hpload workers=2", "hpload httpx pool") if n in med]:
+                    print(f"  ratio {name} / {'vllm bench' if 'vllm bench' in med else 'hpload'} at {conc}: chunks per CPU-s {med[name]['per_cpu'] / base['per_cpu']:.2f},"
                           f" req/s {med[name]['rps'] / base['rps']:.2f}")  # fmt: skip
         finally:
             stop(proc)
