@@ -40,6 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     echo.add_argument("--ttft-ms", type=float, default=20.0)
     echo.add_argument("--itl-ms", type=float, default=5.0)
     echo.add_argument("--output-tokens", type=int, default=64, help="tokens per reply when a request sets none")
+    echo.add_argument("--trace", metavar="FILE", help="one JSON line per finished stream: id, arrival, every write")
     _common(echo, default_label="echo")
 
     vllm = kinds.add_parser("vllm", help="vLLM's OpenAI server, supervised (flags after -- go to vLLM as given)")

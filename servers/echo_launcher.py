@@ -17,6 +17,8 @@ def echo_argv(settings: EchoSettings, port: int) -> list[str]:
         "--host", s.host, "--port", str(port),
         "--ttft-ms", str(s.ttft_ms), "--itl-ms", str(s.itl_ms),
         "--output-tokens", str(s.output_tokens), "--model", s.served_model_name,
+        *(["--precise"] if s.precise else []),
+        *(["--trace", str(Path(s.trace).resolve())] if s.trace else []),
     ]
 
 

@@ -73,6 +73,11 @@ class EchoSettings(_Strict):
     ttft_ms: float = Field(default=20.0, ge=0)
     itl_ms: float = Field(default=5.0, ge=0)
     output_tokens: int = Field(default=64, ge=1)  # used when a request sets no max_tokens
+    precise: bool = True
+    """Microsecond timers (writes ~40 us late at the median); false = asyncio's default loop, whose waits round up
+    to whole milliseconds (~0.5 ms late)."""
+    trace: str | None = None
+    """A file to get one JSON line per finished stream: its X-Request-Id, kernel arrival and every write time."""
     served_model_name: str = "echo"
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=0, le=65535)

@@ -333,3 +333,25 @@ def test_bad_trace_path_is_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 2
     assert "--trace" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_launched_echo_is_precise_and_traces_by_default_settings(tmp_path: Path) -> None:
+    from hpload.servers.echo_launcher import EchoServer
+    from hpload.servers.settings import EchoSettings
+
+    trace = tmp_path / "launched.jsonl"
+    settings = EchoSettings(ttft_ms=1, itl_ms=1, trace=str(trace))
+    argv = EchoServer(settings).argv(0)
+    assert "--precise" in argv and str(trace) in argv
+    assert "--precise" not in EchoServer(EchoSettings(precise=False)).argv(0)
+
+    async def one_request() -> None:
+        async with EchoServer(settings, workdir=tmp_path) as server:
+            async with httpx.AsyncClient() as client:
+                body = {"prompt": "a", "max_tokens": 3, "stream": True}
+                reply = await client.post(server.base_url + "/v1/completions", json=body, headers={"x-request-id": "r1"})
+                reply.raise_for_status()
+
+    asyncio.run(one_request())  # leaving the context stops the server, which flushes its trace
+    (line,) = [json.loads(raw) for raw in trace.read_text().splitlines()]
+    assert line["id"] == "r1" and len(line["write_ns"]) == 3
