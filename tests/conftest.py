@@ -17,11 +17,17 @@ temp dir (``server.log_path``), so a failure can quote it.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hpload.servers import EchoSettings, HFSettings, Server, VllmSettings, make_server
+
+# A harness that starts the tests in the background (`cmd &` in a script, nohup) leaves SIGINT ignored, and every
+# child inherits that: the tests that press Ctrl-C on hpload need it delivered, as at a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def start_server(server: Server) -> Server:

@@ -71,7 +71,22 @@ def check_every_visible_file(root: Path) -> None:
             assert not path.name.endswith((".json", POINT_SUFFIX)), path
             continue
         text = path.read_text()
+        if path.suffix == ".hlog":
+            check_hdr_log(text, path)
+            continue
         data = json.loads(text)  # raises on a torn write
         assert isinstance(data, dict) and data, path
         if not path.name.endswith(POINT_SUFFIX) and path.name != "scenario.json":
             RunResult.load(path)
+
+
+def check_hdr_log(text: str, path: Path) -> None:
+    """An HdrHistogram log is whole when its header is there and every metric's line decodes to its histogram."""
+    from hdrh.histogram import HdrHistogram
+
+    lines = text.splitlines()
+    assert text.endswith("\n") and lines[0] == "#[Histogram log format version 1.2]", path
+    tags = [line for line in lines if line.startswith("Tag=")]
+    assert {line.split(",", 1)[0] for line in tags} == {"Tag=ttft", "Tag=itl", "Tag=e2el"}, path
+    for line in tags:
+        assert HdrHistogram.decode(line.rsplit(",", 1)[1].encode("ascii")).get_total_count() == 3000, path

@@ -3,6 +3,7 @@ with their own Prometheus counters, and the server-side metrics land in the resu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ def target_for(server: Server, tiny_model: Path) -> Target:
                   metrics_url=server.metrics_url, tokenizer_path=str(tiny_model))  # fmt: skip
 
 
-async def check_counts(server: Server, tiny_model: Path, workload: WorkloadSpec) -> dict[str, int]:
+async def check_counts(
+    server: Server, tiny_model: Path, workload: WorkloadSpec, requests_path: Path | None = None
+) -> dict[str, int]:
     load = LoadSpec(concurrency=4, num_requests=N)
-    result = await run_load(target_for(server, tiny_model), workload, load)
+    result = await run_load(target_for(server, tiny_model), workload, load, requests_path=requests_path)
     s, tc = result.summary, result.token_check
     assert s["completed"] == N and s["failed"] == 0, result.error_samples
     assert tc["usage_reported"] == N  # every stream carried a usage trailer
@@ -39,11 +42,17 @@ async def check_counts(server: Server, tiny_model: Path, workload: WorkloadSpec)
     return tc
 
 
-async def test_vllm_token_counts_match_usage(vllm_server: Server, tiny_model: Path) -> None:
+async def test_vllm_token_counts_match_usage(vllm_server: Server, tiny_model: Path, tmp_path: Path) -> None:
     workload = WorkloadSpec(
         input_len=INPUT_LEN, max_tokens=MAX_TOKENS, ignore_eos=True, num_prompts=N, return_token_ids=True
     )
-    tc = await check_counts(vllm_server, tiny_model, workload)
+    # Per-request records on: every request also carries its own X-Request-Id, which vLLM takes as its request id.
+    tc = await check_counts(vllm_server, tiny_model, workload, tmp_path / "req.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "req.jsonl").read_text().splitlines()]
+    assert len({line["request_id"] for line in lines}) == N
+    assert all(line["ok"] and line["output_tokens"] == MAX_TOKENS for line in lines)
+    # One gap per token after the first, unless vLLM flushed two tokens in one chunk (then fewer gaps, never more).
+    assert all(0 < len(line["itl_ms"]) <= MAX_TOKENS - 1 for line in lines)
     assert tc["output_usage_tokens"] == N * MAX_TOKENS  # ignore_eos: fixed output lengths
     # The client's own count from the streamed token ids equals the server's usage, request by request.
     assert tc["output_chunk_tokens"] == N * MAX_TOKENS and tc["output_usage_mismatch"] == 0
