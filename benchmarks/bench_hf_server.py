@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from hpload.servers import HFSettings, Server, make_server
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.loadgen.snapshot import Snapshot
 from hpload.servers import EchoSettings, Server, make_server

@@ -16,6 +16,7 @@ from time import perf_counter_ns
 from typing import Any
 
 import httpx2 as httpx
+
 from hpload.loadgen.sse import SSEDecoder
 from hpload.loadgen.transport import ARRIVAL_EXTENSION
 

@@ -22,6 +22,7 @@ from time import perf_counter_ns
 from typing import IO, Any
 
 import httpx2 as httpx
+
 from hpload.loadgen import prom
 from hpload.loadgen.client import RequestRecord, send_request
 from hpload.loadgen.health import HealthMonitor

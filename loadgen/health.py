@@ -16,6 +16,7 @@ from time import perf_counter_ns
 from typing import Any
 
 import psutil
+
 from hpload.loadgen.hist import LatencyHistogram
 from hpload.loadgen.snapshot import ClientHealth
 

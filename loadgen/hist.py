@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
 from hpload.loadgen.snapshot import HistogramView, MetricSummary
 
 LOWEST_US = 1

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpload.loadgen.hist import LatencyHistogram
-
 from hpload.errors import HploadError
+from hpload.loadgen.hist import LatencyHistogram
 
 FORMAT_VERSION = 1
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from hpload.loadgen.specs import LoadSpec
 
 _BATCH = 4096

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpload.loadgen.specs import Target, WorkloadSpec
-
 from hpload.errors import HploadError
+from hpload.loadgen.specs import Target, WorkloadSpec
 
 _WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which but have an they"

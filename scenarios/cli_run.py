@@ -146,11 +146,10 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
+    from hpload.errors import HploadError, ThresholdFailed
     from hpload.scenarios.console import ConsoleProgress
     from hpload.scenarios.loader import ScenarioError, load_scenario
     from hpload.scenarios.runner import default_results_dir, run_scenario
-
-    from hpload.errors import HploadError, ThresholdFailed
 
     try:
         loaded = load_scenario(args.scenario or "quickstart", args.overrides, flag_edits(args))

@@ -61,11 +61,10 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
+    from hpload.errors import HploadError
     from hpload.scenarios.loader import ScenarioError, load_scenario
     from hpload.scenarios.runner import default_results_dir
     from hpload.scenarios.tune_runner import tune_scenario
-
-    from hpload.errors import HploadError
 
     if args.replay:
         return _replay(args)
@@ -110,9 +109,8 @@ def run(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpload.scenarios.landscape import landscape_from_results, load_infpop, replay_study, trials_to_reach
-
     from hpload.errors import HploadError
+    from hpload.scenarios.landscape import landscape_from_results, load_infpop, replay_study, trials_to_reach
 
     source = Path(args.replay)
     if (source / "points").is_dir():

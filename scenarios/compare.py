@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpload.scenarios.results import POINT_SUFFIX, ResultStore
-
 from hpload.errors import HploadError
+from hpload.scenarios.results import POINT_SUFFIX, ResultStore
 
 # (summary key, heading, higher is better)
 ROWS: tuple[tuple[str, str, bool], ...] = (

@@ -16,10 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpload.errors import HploadError
 from hpload.scenarios.space import ParamSpec, Scalar
 from hpload.scenarios.tuning import REPEATS_BEFORE_EXPLORING, Outcome
-
-from hpload.errors import HploadError
 
 _INFPOP_FILE = re.compile(r"^(?P<engine>.+)_gpus(?P<gpus>\d+)\.csv$")
 

@@ -14,12 +14,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpload.loadgen.specs import LoadSpec, WorkloadSpec
-from hpload.scenarios.schema import Scenario, SweepSpec
-from hpload.servers.settings import ServerSettings
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hpload.errors import HploadError
+from hpload.loadgen.specs import LoadSpec, WorkloadSpec
+from hpload.scenarios.schema import Scenario, SweepSpec
+from hpload.servers.settings import ServerSettings
 
 _SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerSettings)
 

@@ -16,10 +16,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from hpload.errors import HploadError
 from hpload.scenarios.compare import Column, compare_table
 from hpload.scenarios.results import PointRecord, ResultStore, open_results
-
-from hpload.errors import HploadError
 
 CDF_METRICS = ("ttft", "tpot", "itl", "e2el")
 

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from hpload.errors import HploadError, ServerError, one_line
 from hpload.loadgen.snapshot import Observer
 from hpload.loadgen.specs import SLO, LoadSpec, Target, WorkloadSpec
 from hpload.scenarios.points import Point, expand, settings_key
 from hpload.scenarios.results import PointRecord, ResultStore
 from hpload.scenarios.schema import Scenario, Threshold
 from hpload.servers.settings import ServerSettings
-
-from hpload.errors import HploadError, ServerError, one_line
 
 if TYPE_CHECKING:
     from hpload.loadgen.result import RunResult

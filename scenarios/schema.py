@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
 from hpload.scenarios.space import ParamSpec
 from hpload.servers.settings import EchoSettings, ExternalSettings, HFSettings, ServerSettings, VllmSettings
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SERVER_MODELS: dict[str, type[BaseModel]] = {
     "vllm": VllmSettings,

@@ -21,9 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from hpload.scenarios.space import ParamSpec, Scalar, decode_params, encode_params
-
 from hpload.errors import HploadError
+from hpload.scenarios.space import ParamSpec, Scalar, decode_params, encode_params
 
 if TYPE_CHECKING:
     import optuna

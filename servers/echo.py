@@ -96,6 +96,7 @@ class EchoStats:
         # Deferred: hist pulls numpy, hdrh and the loadgen package, which echo_launcher (imported for API_KEY_ENV)
         # does not need.
         import numpy as np
+
         from hpload.loadgen.hist import LatencyHistogram
 
         self.requests = 0

@@ -6,10 +6,10 @@ import asyncio
 import time
 
 import httpx
-from hpload.servers.base import Server, probe_completion
-from hpload.servers.settings import ExternalSettings
 
 from hpload.errors import ServerError
+from hpload.servers.base import Server, probe_completion
+from hpload.servers.settings import ExternalSettings
 
 
 class ExternalServer(Server):

@@ -8,10 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from hpload.errors import HploadError
 from hpload.servers.base import ProcessServer
 from hpload.servers.settings import HFSettings
-
-from hpload.errors import HploadError
 
 API_KEY_ENV = "HPLOAD_API_KEY"  # the key travels by environment, so it never shows in `ps` or a log line
 
@@ -65,6 +64,7 @@ class HFServer(ProcessServer):
 def run_hf(settings: HFSettings) -> int:
     """Load the model, then serve until SIGINT/SIGTERM. Blocks."""
     import uvicorn
+
     from hpload.servers.hf_app import build_app
     from hpload.servers.hf_engine import load_model, make_engine
     from hpload.servers.metrics import ServerMetrics

@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from hpload.servers import openai_api as oa
-from hpload.servers.hf_engine import Engine, GenParams, Stream
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from hpload.servers import openai_api as oa
+from hpload.servers.hf_engine import Engine, GenParams, Stream
 
 log = logging.getLogger("hpload.hf")
 

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hpload.errors import HploadError
 from hpload.servers.metrics import ServerMetrics
 from hpload.servers.settings import HFSettings
-
-from hpload.errors import HploadError
 
 if TYPE_CHECKING:
     import torch

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from hpload.servers import EchoSettings, HFSettings, Server, VllmSettings, make_server
 
 # A harness that starts the tests in the background (`cmd &` in a script, nohup) leaves SIGINT ignored, and every

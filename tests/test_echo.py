@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from hpload.loadgen.sse import SSEDecoder
 
 

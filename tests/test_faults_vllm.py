@@ -15,11 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers import engine_pids
+
+from hpload.errors import ServerError
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.loadgen.snapshot import Snapshot
 from hpload.servers import VllmSettings, make_server
-
-from hpload.errors import ServerError
 
 pytestmark = pytest.mark.slow
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.loadgen.result import RunResult
 

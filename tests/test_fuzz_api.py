@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from hpload.servers import Server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from hpload.servers import Server
 
 HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from hpload.servers import HFSettings, Server, make_server
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from hpload.loadgen import SLO, LoadSpec, LoadStep, RunResult, Target, WorkloadSpec, format_table, run_load
 from hpload.loadgen.client import RequestRecord
 from hpload.loadgen.hist import HIGHEST_US, LatencyHistogram
@@ -18,7 +20,6 @@ from hpload.loadgen.recorder import Recorder
 from hpload.loadgen.schedule import open_loop_schedule
 from hpload.loadgen.snapshot import Snapshot
 from hpload.servers import EchoSettings, Server, make_server
-from pydantic import ValidationError
 
 TTFT_MS, ITL_MS, TOKENS = 40.0, 8.0, 12
 
@@ -460,7 +461,6 @@ def test_prometheus_before_after_difference() -> None:
 
 def test_synthetic_prompts_have_the_measured_length(tmp_path: Path) -> None:
     from hpload.loadgen.workload import build_requests
-
     from hpload.model import ensure_tiny_model
 
     model = ensure_tiny_model()
@@ -475,9 +475,8 @@ def test_synthetic_prompts_have_the_measured_length(tmp_path: Path) -> None:
 
 
 def test_humaneval_and_jsonl_workloads(tmp_path: Path) -> None:
-    from hpload.loadgen.workload import build_requests
-
     from hpload.errors import HploadError
+    from hpload.loadgen.workload import build_requests
 
     he = build_requests(WorkloadSpec(source="humaneval", endpoint="chat"), Target("http://x", "m"))
     assert len(he) == 164 and "def " in json.loads(he[0].body)["messages"][0]["content"]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.servers import Server
 

@@ -11,9 +11,9 @@ from time import perf_counter_ns
 
 import httpx2 as httpx
 import pytest
-from hpload.loadgen.transport import ARRIVAL_EXTENSION, LeanTransport
 
 from hpload import netstamp
+from hpload.loadgen.transport import ARRIVAL_EXTENSION, LeanTransport
 
 # Fixtures and tests share the session loop: the client's connections must be closed on the loop that made them.
 pytestmark = pytest.mark.asyncio(loop_scope="session")

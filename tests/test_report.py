@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from hpload.loadgen.result import RunResult
 from hpload.scenarios.compare import Column, columns_from, compare_table, delta
 from hpload.scenarios.loader import load_text

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hpload.scenarios.loader import ScenarioError, key_lines, load_scenario, load_text, shipped_names
-from hpload.scenarios.points import expand
 
 from hpload.errors import HploadError
+from hpload.scenarios.loader import ScenarioError, key_lines, load_scenario, load_text, shipped_names
+from hpload.scenarios.points import expand
 
 BASE = """\
 name = "t"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import kill_tree
+
 from hpload.loadgen.result import RunResult
 
 SWEEP = """\

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+
 from hpload.servers import EchoSettings, HFSettings, Server, VllmSettings, make_server
 from hpload.servers.base import free_port
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from hpload.servers import ExternalSettings, Server, make_server
 
 from hpload.errors import ServerError
+from hpload.servers import ExternalSettings, Server, make_server
 
 
 async def test_external_attaches_and_discovers_model(echo_server: Server) -> None:

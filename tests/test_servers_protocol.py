@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from hpload.servers import openai_api as oa
 from hpload.servers.hf_app import IncrementalDetokenizer, StopMatcher
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from pydantic import TypeAdapter, ValidationError
+
 from hpload.servers import HFSettings, ServerSettings, VllmSettings, make_server
 from hpload.servers.base import death_cause
-from pydantic import TypeAdapter, ValidationError
 
 
 def _own_children() -> set[int]:

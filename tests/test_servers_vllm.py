@@ -11,9 +11,9 @@ import httpx
 import psutil
 import pytest
 from helpers import engine_pids
-from hpload.servers import Server, VllmSettings, make_server
 
 from hpload.errors import ServerError
+from hpload.servers import Server, VllmSettings, make_server
 
 pytestmark = pytest.mark.slow
 

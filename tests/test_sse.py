@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hpload.loadgen.sse import SSEDecoder, SSEEvent
 
 

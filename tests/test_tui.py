@@ -9,6 +9,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input, Static
+
 from hpload.tui.app import HploadApp
 from hpload.tui.help import HelpScreen, binding_rows
 from hpload.tui.histogram import LatencyHistogram
@@ -16,8 +19,6 @@ from hpload.tui.panels import LogTail, PointsTable, ServerPanel
 from hpload.tui.plans import ScenarioChoice
 from hpload.tui.run import RunScreen
 from hpload.tui.setup import SetupScreen
-from textual.pilot import Pilot
-from textual.widgets import Input, Static
 
 ECHO_SCENARIO = """
 name = "tui-echo"

@@ -7,13 +7,13 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from hpload.errors import HploadError
+from hpload.gpu import NO_GPU, GpuSample, GpuTelemetry, describe
 from hpload.loadgen.snapshot import HistogramView, Snapshot
 from hpload.tui.feed import Feed, ServerState
 from hpload.tui.logaxis import BLOCKS, LogAxis, bar_rows, format_ms, snap_down, snap_up
 from hpload.tui.plans import ScenarioChoice, apply_knobs, knobs_of, load_plan, parse_server_args
-
-from hpload.errors import HploadError
-from hpload.gpu import NO_GPU, GpuSample, GpuTelemetry, describe
 
 
 def view(edges: list[float], counts: list[int]) -> HistogramView:

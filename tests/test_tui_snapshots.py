@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.pilot import Pilot
+
+from hpload.gpu import GpuSample, GpuTelemetry
 from hpload.loadgen.snapshot import ClientHealth, HistogramView, MetricSummary, Snapshot
 from hpload.tui.app import HploadApp
 from hpload.tui.feed import Batch, PointDone, ServerState
 from hpload.tui.plans import ScenarioChoice, load_plan
 from hpload.tui.run import RunScreen
-from textual.pilot import Pilot
-
-from hpload.gpu import GpuSample, GpuTelemetry
 
 SCENARIO = """
 name = "demo"

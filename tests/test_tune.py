@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import kill_tree
+
 from hpload.scenarios.landscape import Landscape, default_infpop_dir, load_infpop, replay_study, trials_to_reach
 from hpload.scenarios.space import ParamSpec
 from hpload.scenarios.tuning import Outcome, Tuner

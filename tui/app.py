@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from textual.app import App
+from textual.binding import Binding, BindingType
+
 from hpload.tui.help import HelpScreen
 from hpload.tui.plans import ScenarioChoice
 from hpload.tui.run import RunScreen
 from hpload.tui.session import RunPlan
 from hpload.tui.setup import SetupScreen
-from textual.app import App
-from textual.binding import Binding, BindingType
 
 DARK, LIGHT = "textual-dark", "textual-light"
 

@@ -7,11 +7,12 @@ from outside, so every column of a side-by-side view draws the same metric again
 
 from __future__ import annotations
 
-from hpload.loadgen.snapshot import HistogramView
-from hpload.tui.logaxis import LogAxis, bar_rows, format_ms
 from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
+
+from hpload.loadgen.snapshot import HistogramView
+from hpload.tui.logaxis import LogAxis, bar_rows, format_ms
 
 PERCENTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))
 

@@ -8,10 +8,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from hpload.loadgen.snapshot import ClientHealth, Snapshot
-from hpload.tui.feed import PointDone
-from hpload.tui.histogram import LatencyHistogram
-from hpload.tui.logaxis import bar_rows, format_ms
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
@@ -19,6 +15,11 @@ from textual.color import Color
 from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
+
+from hpload.loadgen.snapshot import ClientHealth, Snapshot
+from hpload.tui.feed import PointDone
+from hpload.tui.histogram import LatencyHistogram
+from hpload.tui.logaxis import bar_rows, format_ms
 
 HIST_METRICS = ("ttft", "itl", "e2el")
 HISTORY_POINTS = 720  # six minutes of 0.5 s snapshots; a sparkline shows the newest that fit its width

@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hpload.scenarios.schema import Scenario
-from hpload.tui.session import RunPlan
 from pydantic import ValidationError
 
 from hpload.errors import HploadError
+from hpload.scenarios.schema import Scenario
+from hpload.tui.session import RunPlan
 
 SERVER_KINDS = ("echo", "hf", "vllm", "external")
 QUICKSTART = "quickstart"

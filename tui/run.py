@@ -12,12 +12,6 @@ import asyncio
 import time
 from pathlib import Path
 
-from hpload.loadgen.snapshot import HistogramView, Snapshot
-from hpload.tui.engine import EngineProcess
-from hpload.tui.feed import Batch, Feed, PointDone, ServerState
-from hpload.tui.logaxis import LogAxis
-from hpload.tui.panels import HIST_METRICS, PointsTable, ServerPanel
-from hpload.tui.session import RUN, RunPlan, Session
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -29,6 +23,12 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
 from hpload.gpu import GpuSample, GpuTelemetry, describe
+from hpload.loadgen.snapshot import HistogramView, Snapshot
+from hpload.tui.engine import EngineProcess
+from hpload.tui.feed import Batch, Feed, PointDone, ServerState
+from hpload.tui.logaxis import LogAxis
+from hpload.tui.panels import HIST_METRICS, PointsTable, ServerPanel
+from hpload.tui.session import RUN, RunPlan, Session
 
 VIEWS = ("latency", "rates", "log", "points")
 GPU_POLL_S = 2.0

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpload.errors import HploadError, one_line
 from hpload.loadgen.snapshot import Snapshot
 from hpload.loadgen.specs import LoadSpec, WorkloadSpec
 from hpload.scenarios.schema import Scenario
 from hpload.servers.settings import ServerSettings
 from hpload.tui.feed import Feed, PointDone, ServerState
-
-from hpload.errors import HploadError, one_line
 
 if TYPE_CHECKING:
     from hpload.scenarios.points import Point

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from hpload.loadgen.specs import LoadSpec
-from hpload.tui.plans import SERVER_KINDS, Knobs, ScenarioChoice, apply_knobs, knobs_of, load_plan
-from hpload.tui.session import RunPlan
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -16,6 +13,9 @@ from textual.widgets import Button, Footer, Input, Label, OptionList, Select, St
 from textual.widgets.option_list import Option
 
 from hpload.errors import HploadError, one_line
+from hpload.loadgen.specs import LoadSpec
+from hpload.tui.plans import SERVER_KINDS, Knobs, ScenarioChoice, apply_knobs, knobs_of, load_plan
+from hpload.tui.session import RunPlan
 
 
 def _int_or_none(text: str, field: str) -> int | None:

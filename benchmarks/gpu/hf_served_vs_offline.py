@@ -18,6 +18,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 from bench_hf_server import _one, prompts  # noqa: E402
+
 from hpload.servers import HFSettings, make_server  # noqa: E402
 
 
