@@ -38,9 +38,10 @@ def enable(sock: socket.socket) -> bool:
     return True
 
 
-def recv(sock: socket.socket, bufsize: int, stamped: bool) -> tuple[bytes, int]:
+def recv(sock: socket.socket, bufsize: int, stamped: bool, offset_ns: int | None = None) -> tuple[bytes, int]:
     """One read: the bytes and, in ``perf_counter_ns`` units, when the newest of them reached this host.
 
+    ``offset_ns``: :func:`realtime_offset`, when the caller reads many sockets in a row and has just sampled it.
     Raises what ``socket.recv`` raises (``BlockingIOError`` on a non-blocking socket with nothing to read).
     """
     if not stamped:
@@ -51,14 +52,17 @@ def recv(sock: socket.socket, bufsize: int, stamped: bool) -> tuple[bytes, int]:
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
             sec, nsec = _TIMESPEC.unpack_from(payload)
-            at = sec * _NS + nsec - _realtime_offset(now)
+            at = sec * _NS + nsec - (realtime_offset(now) if offset_ns is None else offset_ns)
             return data, at if at < now else now
     return data, now
 
 
-def _realtime_offset(before: int) -> int:
+def realtime_offset(before: int | None = None) -> int:
     """CLOCK_REALTIME minus perf_counter_ns, read between two monotonic reads: a preemption between the clock reads
-    would otherwise shift a stamp by the time the process was off the CPU, so a wide bracket is read again."""
+    would otherwise shift a stamp by the time the process was off the CPU, so a wide bracket is read again. The
+    offset changes only when the wall clock is stepped (NTP slews both clocks alike)."""
+    if before is None:
+        before = perf_counter_ns()
     for _ in range(3):
         real = time_ns()
         after = perf_counter_ns()

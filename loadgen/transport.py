@@ -70,12 +70,12 @@ class _Connection:
         readers.add(self)
 
     # ---- socket callbacks ----
-    def _on_readable(self) -> None:
+    def _on_readable(self, offset_ns: int | None = None) -> None:
         sock = self.sock
         if sock is None:
             return
         try:
-            data, at = netstamp.recv(sock, _READ_SIZE, self.stamped)
+            data, at = netstamp.recv(sock, _READ_SIZE, self.stamped, offset_ns)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
@@ -85,9 +85,14 @@ class _Connection:
             self._lost(None)
             return
         self.received_any = True
-        self.buf += data
+        if self.buf:
+            self.buf += data
+            data = bytes(self.buf)
+            self.buf.clear()
         try:
-            self._parse(at)
+            used = self._parse(data, at)
+            if used < len(data):
+                self.buf += data[used:]
         except (ValueError, IndexError) as err:
             self.error = httpx.RemoteProtocolError(f"malformed response: {err}")
             self.close()
@@ -159,56 +164,68 @@ class _Connection:
             waiter.set_result(None)
 
     # ---- parsing ----
-    def _parse(self, now: int) -> None:
-        buf = self.buf
-        while buf:
+    def _parse(self, data: bytes, now: int) -> int:
+        """Consume what it can of ``data`` (the bytes left from the last read first); returns how many bytes it used,
+        the rest waits for more. Walks an index instead of cutting a buffer: a read is usually one whole chunk."""
+        pos, n = 0, len(data)
+        pieces = self.pieces
+        while pos < n:
             state = self.state
             if state == _CHUNK_SIZE:
-                end = buf.find(b"\r\n")
+                end = data.find(b"\r\n", pos)
                 if end < 0:
-                    return
-                size = int(bytes(buf[:end]).split(b";", 1)[0], 16)
-                del buf[: end + 2]
-                if size:
-                    self.remaining, self.state = size, _CHUNK_DATA
-                else:
+                    break
+                semi = data.find(b";", pos, end)
+                size = int(data[pos : end if semi < 0 else semi], 16)
+                start = end + 2
+                if not size:
                     self.state = _TRAILER
+                    pos = start
+                elif n - start >= size + 2:  # the whole chunk and its CRLF are here: no state to keep
+                    pieces.append((data[start : start + size], now))
+                    pos = start + size + 2
+                else:
+                    self.remaining, self.state = size, _CHUNK_DATA
+                    pos = start
             elif state == _CHUNK_DATA or state == _LENGTH:
-                take = min(self.remaining, len(buf))
-                self.pieces.append((bytes(buf[:take]), now))
-                del buf[:take]
+                take = min(self.remaining, n - pos)
+                pieces.append((data[pos : pos + take], now))
+                pos += take
                 self.remaining -= take
-                if self.remaining == 0:
+                if not self.remaining:
                     self.state = _CHUNK_CRLF if state == _CHUNK_DATA else _DONE
             elif state == _CHUNK_CRLF:
-                if len(buf) < 2:
-                    return
-                del buf[:2]
+                if n - pos < 2:
+                    break
+                pos += 2
                 self.state = _CHUNK_SIZE
             elif state == _TRAILER:
-                end = buf.find(b"\r\n")
+                end = data.find(b"\r\n", pos)
                 if end < 0:
-                    return
-                del buf[: end + 2]
-                if end == 0:
+                    break
+                if end == pos:
                     self.state = _DONE
+                pos = end + 2
             elif state == _UNTIL_CLOSE:
-                self.pieces.append((bytes(buf), now))
-                buf.clear()
+                pieces.append((data[pos:], now))
+                pos = n
             elif state == _HEAD:
-                if not self._parse_head():
-                    return
+                used = self._parse_head(data, pos)
+                if used < 0:
+                    break
+                pos = used
             else:  # bytes after a complete response: the server broke framing
                 raise ValueError("unexpected bytes after the response")
+        return pos
 
-    def _parse_head(self) -> bool:
-        end = self.buf.find(b"\r\n\r\n")
+    def _parse_head(self, data: bytes, pos: int) -> int:
+        """Where the head starting at ``pos`` ends, or -1 while it is incomplete."""
+        end = data.find(b"\r\n\r\n", pos)
         if end < 0:
-            if len(self.buf) > _MAX_HEAD:
+            if len(data) - pos > _MAX_HEAD:
                 raise ValueError("response head too large")
-            return False
-        lines = bytes(self.buf[:end]).split(b"\r\n")
-        del self.buf[: end + 4]
+            return -1
+        lines = data[pos:end].split(b"\r\n")
         version, _, rest = lines[0].partition(b" ")
         if not version.startswith(b"HTTP/1."):
             raise ValueError(f"bad status line {lines[0][:60]!r}")
@@ -228,7 +245,7 @@ class _Connection:
             elif lname == b"connection" and value.lower() == b"close":
                 self.keep_alive = False
         if status < 200:  # 1xx interim response: the real one follows
-            return True
+            return end + 4
         self.head = (status, headers)
         if chunked:
             self.state = _CHUNK_SIZE
@@ -240,7 +257,7 @@ class _Connection:
         else:
             self.state = _UNTIL_CLOSE
             self.keep_alive = False
-        return True
+        return end + 4
 
     # ---- consumer side ----
     def start(self, data: bytes) -> None:
@@ -347,11 +364,15 @@ class _Readers:
         """Read every connection with bytes (or EOF) waiting."""
         if self.epoll is None:
             return
-        self.last_ns = perf_counter_ns()
-        for fd, _events in self.epoll.poll(0):
+        self.last_ns = now = perf_counter_ns()
+        ready = self.epoll.poll(0)
+        if not ready:
+            return
+        offset_ns = netstamp.realtime_offset(now)  # once per batch of reads: it moves only when the clock is stepped
+        for fd, _events in ready:
             conn = self.conns.get(fd)
             if conn is not None:
-                conn._on_readable()
+                conn._on_readable(offset_ns)
 
     def maybe_drain(self) -> None:
         if perf_counter_ns() - self.last_ns > DRAIN_EVERY_NS:

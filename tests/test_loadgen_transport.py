@@ -95,6 +95,34 @@ async def test_body_framings(client: httpx.AsyncClient, raw: bytes, body: bytes)
     assert server.connections == 1  # kept alive and reused
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n" + chunked(b"data: one\n\n", b"data: two\n\n"),
+        b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world",
+    ],
+)
+async def test_a_reply_split_anywhere_parses_the_same(client: httpx.AsyncClient, raw: bytes) -> None:
+    """Request n gets its reply in two reads split at byte n, so every split point of head, chunk-size line, chunk
+    data, CRLF and trailer is crossed by some read (the second write waits until the first was surely read)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for split in range(1, len(raw)):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(raw[:split])
+            await writer.drain()
+            await asyncio.sleep(0.002)
+            writer.write(raw[split:])
+            await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    _open_servers.append(server)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    want = b"data: one\n\ndata: two\n\n" if b"chunked" in raw else b"hello world"
+    for split in range(1, len(raw)):
+        assert (await client.get(url)).content == want, f"split at byte {split}"
+
+
 async def test_read_until_close_body(client: httpx.AsyncClient) -> None:
     server = RawServer(lambda n: b"HTTP/1.1 200 OK\r\n\r\nstream until close", close_after=True)
     url = await server.start()
