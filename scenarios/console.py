@@ -40,8 +40,8 @@ class ConsoleProgress:
         self._prefix = ""
         self._dirty = False
 
-    def _write_line(self, text: str) -> None:
-        if self.quiet:
+    def _write_line(self, text: str, always: bool = False) -> None:
+        if self.quiet and not always:
             return
         if self._dirty:
             self.stream.write("\r\x1b[2K")
@@ -74,6 +74,9 @@ class ConsoleProgress:
             f"p99 ttft {float(s.get('p99_ttft_ms') or 0):.1f} ms  p99 tpot {float(s.get('p99_tpot_ms') or 0):.2f} ms"
             + (f"  failed {s.get('failed')}" if s.get("failed") else "")
         )
+        for warning in record.warnings:
+            # Even with --quiet: a point's figures are read with its warnings, and progress lines scroll away.
+            self._write_line(f"[{index}/{total}] {record.label}: warning: {warning}", always=True)
 
     def __call__(self, snap: Snapshot) -> None:
         if self.quiet or snap.done:

@@ -65,6 +65,7 @@ class PointRecord:
     repeat: int = 0
     source: str = "run"  # "run" (a sweep point) or "tune" (a trial)
     result_file: str | None = None  # relative to the results directory
+    warnings: list[str] = field(default_factory=list)  # the run's own (client bottleneck, TTFT gap, overflows, ...)
     path: Path | None = None  # where this record was read from
 
     @property
@@ -84,6 +85,7 @@ class PointRecord:
             "repeat": self.repeat,
             "source": self.source,
             "result_file": self.result_file,
+            "warnings": self.warnings,
         }
 
     @classmethod
@@ -100,6 +102,7 @@ class PointRecord:
             repeat=int(raw.get("repeat", 0)),
             source=str(raw.get("source", "run")),
             result_file=raw.get("result_file"),
+            warnings=[str(w) for w in raw.get("warnings") or []],
             path=path,
         )
 

@@ -175,8 +175,10 @@ def check_thresholds(thresholds: list[Threshold], record: PointRecord) -> list[s
 
 def make_record(point: Point, result: RunResult | None, error: str | None, source: str = "run") -> PointRecord:
     summary: dict[str, Any] = {}
+    warnings: list[str] = []
     if result is not None:
         summary = {k: v for k, v in result.summary.items() if isinstance(v, int | float | str | None)}
+        warnings = [*result.warnings, *(result.health or {}).get("warnings", [])]
     return PointRecord(
         point_id=point.point_id,
         label=point.label,
@@ -188,6 +190,7 @@ def make_record(point: Point, result: RunResult | None, error: str | None, sourc
         error=error,
         repeat=point.repeat,
         source=source,
+        warnings=warnings,
     )
 
 

@@ -177,3 +177,30 @@ def test_workers_flag_spreads_the_client_over_processes(tmp_path: Path) -> None:
     assert record["summary"]["completed"] == 16
     result = json.loads((results / record["result_file"]).read_text())
     assert result["workers"] == 2  # two client processes ran and their results were merged
+
+
+def test_a_points_warnings_are_kept_and_printed_even_when_quiet(tmp_path: Path) -> None:
+    import io
+
+    from hpload.loadgen.result import RunResult
+    from hpload.scenarios.console import ConsoleProgress
+    from hpload.scenarios.loader import load_scenario
+    from hpload.scenarios.points import expand
+    from hpload.scenarios.results import ResultStore
+    from hpload.scenarios.runner import make_record
+
+    scenario = load_scenario("quickstart", [], None).scenario
+    point = expand(scenario)[0]
+    busy = "client may be the bottleneck (CPU 97% of a core): add --workers or lower the load"
+    result = RunResult(label=point.label, counters={"completed": 3, "failed": 0})
+    result.warnings.append("ttft histogram overflowed 2 times")
+    result.health = {"warnings": [busy]}
+    store = ResultStore(tmp_path / "r")
+    store.prepare({"name": "w"})
+    record = store.save(make_record(point, result, None), result)
+    (reread,) = store.records()
+    assert reread.warnings == ["ttft histogram overflowed 2 times", busy]
+    out = io.StringIO()
+    ConsoleProgress(out, quiet=True).point_finished(1, 1, record, skipped=False)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and all("warning:" in line for line in lines) and busy in lines[1]
