@@ -17,13 +17,21 @@ temp dir (``server.log_path``), so a failure can quote it.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from hpload.servers import EchoSettings, HFSettings, Server, VllmSettings, make_server
+
+# CI runs the fuzz tests on a fixed set of examples, so a submission's verdict does not depend on the draw (a new
+# failing example found by a random draw elsewhere is pinned with @example). Locally each run draws afresh.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # A harness that starts the tests in the background (`cmd &` in a script, nohup) leaves SIGINT ignored, and every
 # child inherits that: the tests that press Ctrl-C on hpload need it delivered, as at a terminal.
