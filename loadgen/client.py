@@ -167,7 +167,7 @@ async def send_request(
                 rec.fail(f"http_{resp.status_code // 100}xx", f"HTTP {resp.status_code}: {detail}")
                 return
             if stream:
-                await _read_stream(resp, rec)
+                await _read_stream(resp, rec, stamps)
             else:
                 raw = await resp.aread()
                 rec.first_ns = rec.last_ns = stamps.arrival_ns if stamps is not None else perf_counter_ns()
@@ -186,11 +186,11 @@ async def send_request(
         rec.done_ns = perf_counter_ns()
 
 
-async def _read_stream(resp: httpx.Response, rec: RequestRecord) -> None:
+async def _read_stream(resp: httpx.Response, rec: RequestRecord, stamps: Any) -> None:
+    """``stamps``: LeanTransport's body, with the kernel's arrival stamps (None under another transport)."""
     decoder = SSEDecoder()
     done = False
     itl = rec.itl_ns
-    stamps = resp.extensions.get(ARRIVAL_EXTENSION)  # LeanTransport: the kernel's arrival stamps
     # LeanTransport's body is read directly: httpx's two wrapping generators cost more per chunk than the SSE parse.
     # httpx still closes the response (and so the body) when the request's context ends.
     async for chunk in stamps if stamps is not None else resp.aiter_raw():

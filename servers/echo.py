@@ -147,28 +147,15 @@ class EchoStats:
                 break
         return bool(self.late_pending_ns)
 
+    def finished(self, prompt_tokens: int, output_tokens: int) -> None:
+        self.requests += 1
+        self.prompt_tokens += prompt_tokens
+        self.generation_tokens += output_tokens
+
     def render(self) -> bytes:
-        name = "echo:time_to_first_token_seconds"
-        lines = [f"# TYPE {name} histogram"]
-        cum = 0
-        for edge, n in zip(_TTFT_BUCKETS_S, self.ttft_buckets, strict=False):
-            cum += n
-            lines.append(f'{name}_bucket{{le="{edge}"}} {cum}')
-        total = sum(self.ttft_buckets)
-        lines += [f'{name}_bucket{{le="+Inf"}} {total}', f"{name}_sum {self.ttft_sum_s}", f"{name}_count {total}"]
+        lines = _histogram("echo:time_to_first_token_seconds", _TTFT_BUCKETS_S, self.ttft_buckets, self.ttft_sum_s)
         self.fold_lateness()  # in slices too, but all of them: /metrics must count every write so far
-        name = "echo:write_lateness_seconds"
-        lines.append(f"# TYPE {name} histogram")
-        cum = 0
-        for edge, n in zip(_LATE_BUCKETS_S, self.late_buckets, strict=False):
-            cum += n
-            lines.append(f'{name}_bucket{{le="{edge}"}} {cum}')
-        total = sum(self.late_buckets)
-        lines += [
-            f'{name}_bucket{{le="+Inf"}} {total}',
-            f"{name}_sum {self.late_sum_ns / 1e9}",
-            f"{name}_count {total}",
-        ]
+        lines += _histogram("echo:write_lateness_seconds", _LATE_BUCKETS_S, self.late_buckets, self.late_sum_ns / 1e9)
         p50_us, p99_us = self.late_hist.percentiles_us((50, 99))
         for label, value_s in (("p50", p50_us / 1e6), ("p99", p99_us / 1e6), ("max", self.late_max_ns / 1e9)):
             lines += [
@@ -181,6 +168,17 @@ class EchoStats:
             f"echo:request_success_total {self.requests}",
         ]
         return ("\n".join(lines) + "\n").encode()
+
+
+def _histogram(name: str, edges: tuple[float, ...], counts: list[int], total_s: float) -> list[str]:
+    """A Prometheus histogram: cumulative buckets (the last count is the +Inf overflow), sum and count."""
+    lines = [f"# TYPE {name} histogram"]
+    cum = 0
+    for edge, n in zip(edges, counts, strict=False):
+        cum += n
+        lines.append(f'{name}_bucket{{le="{edge}"}} {cum}')
+    total = sum(counts)
+    return [*lines, f'{name}_bucket{{le="+Inf"}} {total}', f"{name}_sum {total_s}", f"{name}_count {total}"]
 
 
 class TraceWriter:
@@ -570,9 +568,7 @@ class _Stream:
                 # Chained, but each deadline is absolute: a late write never delays the ones after it.
                 conn.timer = shared.call_at(due_ns + shared.config.itl_ns, self.send)
             return
-        stats.requests += 1
-        stats.prompt_tokens += self.prompt_tokens
-        stats.generation_tokens += self.n
+        stats.finished(self.prompt_tokens, self.n)
         if shared.trace is not None and self.writes is not None and not conn.closed:  # closed: the last send failed
             shared.trace.add(self.request_id, self.arrival_ns, self.writes)
         conn._done()
@@ -607,9 +603,7 @@ class _Whole:
         stats = conn.shared.stats
         stats.late_pending_ns.append(now - self.due_ns)
         stats.observe_ttft((now - self.arrival_ns) / 1e9)
-        stats.requests += 1
-        stats.prompt_tokens += self.prompt_tokens
-        stats.generation_tokens += self.n
+        stats.finished(self.prompt_tokens, self.n)
         conn._done()
 
 
