@@ -48,8 +48,7 @@ ARRIVAL_EXTENSION = "hpload.arrival"  # response.extensions key: the body stream
 class _Connection:
     """One TCP connection, one response at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, readers: _Readers) -> None:
-        self.loop = loop
+    def __init__(self, sock: socket.socket, readers: _Readers) -> None:
         self.readers = readers
         self.sock: socket.socket | None = sock
         self.fd = sock.fileno()
@@ -111,7 +110,7 @@ class _Connection:
             return
         del self.out[:sent]
         if not self.out:
-            self.loop.remove_writer(self.fd)
+            self.readers.loop.remove_writer(self.fd)
 
     def _write(self, data: bytes) -> None:
         sock = self.sock
@@ -130,7 +129,7 @@ class _Connection:
             return
         if sent < len(data):
             self.out += data[sent:]
-            self.loop.add_writer(self.fd, self._on_writable)
+            self.readers.loop.add_writer(self.fd, self._on_writable)
 
     def _write_failed(self, err: OSError | None) -> None:
         # A reset or a closed socket while sending: the server is gone; the reader side learns it the same way.
@@ -154,7 +153,7 @@ class _Connection:
             return
         self.readers.remove(self)
         if self.out:
-            self.loop.remove_writer(self.fd)
+            self.readers.loop.remove_writer(self.fd)
             self.out.clear()
         sock.close()
 
@@ -490,7 +489,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 raise
             if self._readers is None:
                 self._readers = _Readers(loop)
-            return _Connection(loop, sock, self._readers)
+            return _Connection(sock, self._readers)
         raise error or OSError(f"no address for {key[0]}")
 
     def release(self, key: tuple[str, int], conn: _Connection) -> None:
