@@ -33,6 +33,7 @@ class RequestRecord:
     """Everything measured about one request. Plain slots: tens of thousands may be in flight."""
 
     __slots__ = (
+        "cached_in",
         "chunk_tokens",
         "done_ns",
         "error_kind",
@@ -65,6 +66,7 @@ class RequestRecord:
         self.chunk_tokens = 0
         self.usage_in: int | None = None
         self.usage_out: int | None = None
+        self.cached_in: int | None = None  # usage.prompt_tokens_details.cached_tokens, where the server reports it
         self.status = 0
         self.error_kind: str | None = None
         self.error_msg = ""
@@ -227,6 +229,9 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord, stamps: Any) ->
             if usage:
                 rec.usage_out = usage.get("completion_tokens")
                 rec.usage_in = usage.get("prompt_tokens")
+                details = usage.get("prompt_tokens_details")
+                if details:
+                    rec.cached_in = details.get("cached_tokens")
     if not done:
         rec.fail(STREAM, "stream ended before [DONE]")
     elif not rec.first_ns and rec.ok:
@@ -246,4 +251,7 @@ def _read_whole(raw: bytes, rec: RequestRecord) -> None:
     usage = obj.get("usage") or {}
     rec.usage_out = usage.get("completion_tokens")
     rec.usage_in = usage.get("prompt_tokens")
+    details = usage.get("prompt_tokens_details")
+    if details:
+        rec.cached_in = details.get("cached_tokens")
     rec.chunk_tokens = 1 if obj.get("choices") else 0

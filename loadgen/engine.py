@@ -27,6 +27,8 @@ from hpload.loadgen import prom
 from hpload.loadgen.client import RequestRecord, send_request
 from hpload.loadgen.health import HealthMonitor
 from hpload.loadgen.recorder import Recorder
+from hpload.loadgen.replay import attach as attach_workload_stats
+from hpload.loadgen.replay import attach_server as attach_server_stats
 from hpload.loadgen.result import RunResult
 from hpload.loadgen.schedule import closed_loop_levels, open_loop_schedule
 from hpload.loadgen.snapshot import Observer
@@ -85,6 +87,7 @@ async def run_load(
         result = await run.execute(observer=observer, snapshot_interval_s=snapshot_interval_s, stop=stop)
     after = await prom.scrape(metrics_url, headers) if before is not None else None
     result.server_metrics = prom.server_side(before, after)
+    attach_server_stats(result)
     gap = prom.ttft_gap_warning(float(result.summary.get("mean_ttft_ms", 0.0)), result.server_metrics)
     if gap:
         result.warnings.append(gap)
@@ -165,6 +168,7 @@ class LoadRun:
         self._end_ns = 0
         self._warm_end_ns = 0
         self._drained = 0
+        self._sends: list[tuple[int, int]] | None = [] if load.open_loop else None  # (scheduled, sent) ns
 
     # ---- the run ----
     async def execute(
@@ -177,7 +181,12 @@ class LoadRun:
     ) -> RunResult:
         load = self.load
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        if load.open_loop:
+        if load.replay:
+            from hpload.loadgen.traces import replay_schedule
+
+            schedule, warm = replay_schedule(self.requests, load)
+            streams = load.max_concurrency or 256
+        elif load.open_loop:
             schedule, warm = open_loop_schedule(load)
             streams = load.max_concurrency or 256
         else:
@@ -243,6 +252,7 @@ class LoadRun:
         sched_p99 = self.recorder.cum["schedule_lag"].percentile_us(99) / 1000
         result = self.recorder.result(run_config(self.target, self.workload, load, self.slo), started_at)
         result.health = self.health.summary(sched_p99 if load.max_concurrency is None else 0.0)
+        attach_workload_stats(result, self.requests, self._sends)
         if self._drained:
             result.warnings.append(
                 f"{self._drained} requests still in flight {load.drain_timeout_s:g} s after the run's end were cut"
@@ -347,6 +357,8 @@ class LoadRun:
             if sem is not None:
                 sem.release()
         recorder.record(rec)
+        if self._sends is not None and rec.send_ns:
+            self._sends.append((rec.scheduled_ns, rec.send_ns))
         if self._out is not None:
             self._out.write(json.dumps(rec.to_json()) + "\n")
 

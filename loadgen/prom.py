@@ -26,6 +26,9 @@ COUNTERS = {
     "generation_tokens": "generation_tokens_total",
     "prompt_tokens": "prompt_tokens_total",
     "requests_succeeded": "request_success_total",
+    # The colon keeps vLLM's external_prefix_cache_* (a KV connector's cache) out of the local cache's counts.
+    "prefix_cache_queries": ":prefix_cache_queries_total",
+    "prefix_cache_hits": ":prefix_cache_hits_total",
 }
 TTFT_GAP_MS = 10.0  # flag only gaps above this ...
 TTFT_GAP_FRACTION = 0.25  # ... and above this share of the client's mean TTFT

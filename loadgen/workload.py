@@ -28,6 +28,9 @@ _WORDS = (
 class PreparedRequest:
     body: bytes
     expected_in: int | None  # prompt tokens by the client tokenizer (completions endpoint only)
+    at_s: float | None = None  # a trace's send time (source = "trace"), before the load's scaling
+    input_len: int | None = None  # the asked prompt length, where the workload sets one per request
+    output_len: int | None = None
 
 
 def endpoint_path(spec: WorkloadSpec) -> str:
@@ -46,6 +49,8 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def _synthetic_lengths(spec: WorkloadSpec, rng: random.Random, n: int) -> list[int]:
+    if spec.input_dist is not None:
+        return spec.input_dist.draw(rng, n, "workload.input_dist")
     lo = max(1, int(spec.input_len * (1 - spec.input_len_spread)))
     hi = max(lo, int(spec.input_len * (1 + spec.input_len_spread)))
     return [rng.randint(lo, hi) for _ in range(n)]
@@ -111,12 +116,22 @@ def _humaneval_items() -> list[dict[str, Any]]:
 def build_requests(spec: WorkloadSpec, target: Target) -> list[PreparedRequest]:
     """The request bodies for a run, cycled in order. Deterministic for a given ``spec.seed``."""
     rng = random.Random(spec.seed)
+    if spec.source in ("trace", "shared_prefix"):
+        from hpload.loadgen import traces
+
+        return (
+            traces.build_trace_requests(spec, target) if spec.source == "trace" else traces.shared_prefix(spec, target)
+        )
     if spec.source == "synthetic":
         items: list[dict[str, Any]] = []
         expected: list[int | None] = []
         for text, n in _synthetic_prompts(spec, target, rng):
             items.append({"prompt": text})
             expected.append(n)
+        if spec.output_dist is not None:
+            outs = spec.output_dist.draw(random.Random(spec.seed + 1), len(items), "workload.output_dist")
+            for item, m in zip(items, outs, strict=True):
+                item["max_tokens"] = m
     else:
         items = _jsonl_items(spec.path or "") if spec.source == "jsonl" else _humaneval_items()
         expected = [None] * len(items)
@@ -128,7 +143,8 @@ def build_requests(spec: WorkloadSpec, target: Target) -> list[PreparedRequest]:
     out = []
     for item, exp in zip(items, expected, strict=True):
         body = _body(spec, target, item)
-        out.append(PreparedRequest(json.dumps(body).encode(), exp if spec.endpoint == "completions" else None))
+        exp = exp if spec.endpoint == "completions" else None
+        out.append(PreparedRequest(json.dumps(body).encode(), exp, None, exp, item.get("max_tokens")))
     return out
 
 

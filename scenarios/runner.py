@@ -59,7 +59,10 @@ def default_results_dir(scenario: Scenario) -> Path:
 
 
 def tokenizer_path(settings: ServerSettings) -> str | None:
-    """The model directory the client measures synthetic prompts with (managed local models only)."""
+    """The model directory the client measures synthetic prompts with (managed local models, or an attached server's
+    ``tokenizer``)."""
+    if settings.kind == "external":
+        return getattr(settings, "tokenizer", None)
     if settings.kind not in ("vllm", "hf"):
         return None
     model = getattr(settings, "model", None)
@@ -167,9 +170,13 @@ def check_thresholds(thresholds: list[Threshold], record: PointRecord) -> list[s
         value = record.summary.get(threshold.metric)
         if not isinstance(value, int | float):
             known = ", ".join(k for k, v in record.summary.items() if isinstance(v, int | float))
-            raise HploadError(f"thresholds.{threshold.metric}: no such numeric metric in results; fix: use one of {known}")
+            raise HploadError(
+                f"thresholds.{threshold.metric}: no such numeric metric in results; fix: use one of {known}"
+            )
         if not threshold.check(float(value)):
-            out.append(f"{record.point_id}: {threshold.metric} = {value:.4g}, wanted {threshold.op} {threshold.limit:g}")
+            out.append(
+                f"{record.point_id}: {threshold.metric} = {value:.4g}, wanted {threshold.op} {threshold.limit:g}"
+            )
     return out
 
 

@@ -94,6 +94,9 @@ class ExternalSettings(_Strict):
     model: str | None = None  # None = the first id from /v1/models
     api_key: SecretStr | None = None
     metrics_url: str | None = None  # default: URL/metrics when it answers
+    tokenizer: str | None = None
+    """The served model's tokenizer (a model directory or tokenizer.json), as vLLM bench's ``--tokenizer``: prompts
+    are then built to exact token lengths and checked against the server's usage."""
     startup_timeout_s: float = Field(default=30.0, gt=0)
 
 

@@ -1,0 +1,81 @@
+"""What a shaped workload really did: requested vs achieved arrival rate, schedule delay, how closely the sent
+inter-arrival gaps follow the schedule's, and the realised prompt and output lengths.
+
+Kept in ``result.config["workload_stats"]`` (a result file's free-form config), so results stay mergeable and old
+readers are unaffected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hpload.loadgen.lengths import summarize
+from hpload.loadgen.result import RunResult
+from hpload.loadgen.workload import PreparedRequest
+
+
+def ks_statistic(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs (0 = identical)."""
+    xa, xb = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    if not len(xa) or not len(xb):
+        return float("nan")
+    grid = np.concatenate([xa, xb])
+    fa = np.searchsorted(xa, grid, side="right") / len(xa)
+    fb = np.searchsorted(xb, grid, side="right") / len(xb)
+    return float(np.max(np.abs(fa - fb)))
+
+
+def send_summary(sends: list[tuple[int, int]]) -> dict[str, Any]:
+    """``sends``: (scheduled_ns, sent_ns) of every open-loop request, warm-up included."""
+    if len(sends) < 2:
+        return {"sent": len(sends)}
+    arr = np.array(sorted(sends), dtype=np.int64)
+    sched, sent = arr[:, 0], np.sort(arr[:, 1])
+    delay_ms = (arr[:, 1] - arr[:, 0]) / 1e6
+    n = len(arr)
+    span_sched = (sched[-1] - sched[0]) / 1e9
+    span_sent = (sent[-1] - sent[0]) / 1e9
+    gaps_sched, gaps_sent = np.diff(sched) / 1e6, np.diff(sent) / 1e6
+    return {
+        "sent": n,
+        "requested_rate": (n - 1) / span_sched if span_sched > 0 else None,
+        "achieved_rate": (n - 1) / span_sent if span_sent > 0 else None,
+        "schedule_delay_ms": {
+            "p50": float(np.percentile(delay_ms, 50)), "p90": float(np.percentile(delay_ms, 90)),
+            "p99": float(np.percentile(delay_ms, 99)), "max": float(delay_ms.max()),
+        },
+        "interarrival_ks": ks_statistic(gaps_sched, gaps_sent),
+        "mean_gap_ms": {"scheduled": float(gaps_sched.mean()), "sent": float(gaps_sent.mean())},
+    }  # fmt: skip
+
+
+def attach(result: RunResult, requests: list[PreparedRequest], sends: list[tuple[int, int]] | None) -> None:
+    stats: dict[str, Any] = dict(getattr(requests, "stats", {}) or {})
+    ins = [r.input_len for r in requests if r.input_len is not None]
+    outs = [r.output_len for r in requests if r.output_len is not None]
+    if ins:
+        stats["input_len"] = summarize(ins)
+    if outs:
+        stats["output_len"] = summarize(outs)
+    if sends:
+        stats["sends"] = send_summary(sends)
+    cached = result.counters.get("cached_prompt_tokens")
+    if cached is not None and result.counters.get("cached_reported"):
+        prompt = result.counters.get("cached_reported_prompt_tokens", 0)
+        stats["prefix_cache"] = {"cached_tokens": int(cached), "prompt_tokens": int(prompt),
+                                 "hit_fraction": cached / prompt if prompt else None}  # fmt: skip
+    result.warnings += list(getattr(requests, "warnings", []) or [])
+    if stats:
+        result.config["workload_stats"] = stats
+
+
+def attach_server(result: RunResult) -> None:
+    """The server's prefix-cache counters over the run (vLLM's ``prefix_cache_queries``/``hits``, in tokens)."""
+    server = result.server_metrics or {}
+    if server.get("prefix_cache_queries"):
+        result.config.setdefault("workload_stats", {})["server_prefix_cache"] = {
+            "queries": server["prefix_cache_queries"], "hits": server.get("prefix_cache_hits", 0),
+            "hit_fraction": server.get("prefix_cache_hits", 0) / server["prefix_cache_queries"],
+        }  # fmt: skip
