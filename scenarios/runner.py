@@ -170,13 +170,9 @@ def check_thresholds(thresholds: list[Threshold], record: PointRecord) -> list[s
         value = record.summary.get(threshold.metric)
         if not isinstance(value, int | float):
             known = ", ".join(k for k, v in record.summary.items() if isinstance(v, int | float))
-            raise HploadError(
-                f"thresholds.{threshold.metric}: no such numeric metric in results; fix: use one of {known}"
-            )
+            raise HploadError(f"thresholds.{threshold.metric}: no such numeric metric in results; fix: use one of {known}")
         if not threshold.check(float(value)):
-            out.append(
-                f"{record.point_id}: {threshold.metric} = {value:.4g}, wanted {threshold.op} {threshold.limit:g}"
-            )
+            out.append(f"{record.point_id}: {threshold.metric} = {value:.4g}, wanted {threshold.op} {threshold.limit:g}")
     return out
 
 
