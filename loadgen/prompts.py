@@ -31,6 +31,7 @@ class PromptMaker:
             self.pool = [i for i in range(self.tok.get_vocab_size()) if i not in special]
         else:
             self.pool = list(range(len(_WORDS)))
+        self._hf: Any = None
         self.chat_overhead = self._chat_overhead() if spec.endpoint == "chat" else None
         self._blocks: dict[tuple[str, int], list[int]] = {}
 
@@ -53,10 +54,9 @@ class PromptMaker:
         body: dict[str, Any] = {"model": self.target.model, "max_tokens": int(output_len or spec.max_tokens)}
         expected: int | None = None
         if spec.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": self.text(ids)}]
-            if self.chat_overhead is not None and self.tok is not None:
-                expected = len(self.tok.encode(body["messages"][0]["content"], add_special_tokens=False).ids)
-                expected += self.chat_overhead
+            body["messages"] = [{"role": "user", "content": self._exact_text(ids)}]
+            if self.chat_overhead is not None:
+                expected = self._chat_count(body["messages"][0]["content"])
         elif self.tok is not None:
             body["prompt"] = ids
             expected = len(ids)
@@ -79,14 +79,29 @@ class PromptMaker:
             body["return_token_ids"] = True
         return PreparedRequest(json.dumps(body).encode(), expected, at_s, len(ids), output_len)
 
+    def _exact_text(self, ids: list[int]) -> str:
+        """Text that re-encodes to ``len(ids)`` tokens where a few trims or pads get there (decoding then encoding
+        merges or splits some tokens)."""
+        text = self.text(ids)
+        if self.tok is None:
+            return text
+        want = len(ids)
+        for k in range(4):
+            got = self.tok.encode(text, add_special_tokens=False).ids
+            if len(got) == want:
+                break
+            got = got[:want] if len(got) > want else got + ids[k : k + want - len(got)]
+            text = self.tok.decode(got)
+        return text
+
     def text(self, ids: list[int]) -> str:
         if self.tok is None:
             return " ".join(_WORDS[i % len(_WORDS)] for i in ids)
         return str(self.tok.decode(ids))
 
     def _chat_overhead(self) -> int | None:
-        """Tokens the chat template adds around one user message (measured on a fixed text with the model's own
-        template); None when there is no template to measure."""
+        """Tokens the chat template adds around one user message, measured on a fixed text; None when there is no
+        template to measure. Per request, ``_chat_count`` renders the real content, as vLLM and the wrapper do."""
         path = self.target.tokenizer_path
         if self.tok is None or path is None:
             return None
@@ -94,12 +109,15 @@ class PromptMaker:
             from transformers import AutoTokenizer
 
             hf = AutoTokenizer.from_pretrained(path)
-            if not getattr(hf, "chat_template", None):
-                return None
-            content = "hello world"
-            full = hf.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
         except Exception:  # noqa: BLE001 -- a directory without a template or config: no check rather than a failed run
             return None
-        if isinstance(full, dict):
-            full = full["input_ids"]
-        return len(full) - len(self.tok.encode(content, add_special_tokens=False).ids)
+        if not getattr(hf, "chat_template", None):
+            return None
+        self._hf = hf
+        content = "hello world"
+        return self._chat_count(content) - len(self.tok.encode(content, add_special_tokens=False).ids)
+
+    def _chat_count(self, content: str) -> int:
+        text = self._hf.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                            tokenize=False)  # fmt: skip
+        return len(self.tok.encode(text, add_special_tokens=False).ids)

@@ -1,0 +1,119 @@
+"""Shaped workloads against the real servers on the tiny model: every trace format replays with the server's
+``usage.prompt_tokens`` equal to the trace's input lengths and its completion tokens equal to the output lengths;
+on chat the template's added tokens are measured and stated; shared-prefix groups on vLLM CPU hit the prefix cache
+as G, P and S imply; replay on the echo server reports schedule delay and requested vs achieved rate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_workloads import ROWS, write_trace
+
+from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
+from hpload.servers import Server
+
+pytestmark = pytest.mark.slow
+
+FORMATS = ["mooncake", "hpload", "azure", "burstgpt"]
+
+
+def target_for(server: Server, tiny_model: Path | None) -> Target:
+    return Target(server.base_url, server.model, api_key=server.api_key, label=server.label,
+                  metrics_url=server.metrics_url, tokenizer_path=str(tiny_model) if tiny_model else None)  # fmt: skip
+
+
+async def replay_all_formats(server: Server, tiny_model: Path, tmp_path: Path) -> None:
+    want = sorted(ROWS, key=lambda r: r[0])
+    for fmt in FORMATS:
+        spec = WorkloadSpec(source="trace", path=str(write_trace(tmp_path, fmt)), block_tokens=16)
+        out = tmp_path / f"{fmt}.requests.jsonl"
+        result = await run_load(target_for(server, tiny_model), spec, LoadSpec(replay=True), requests_path=out)
+        s, tc = result.summary, result.token_check
+        assert s["completed"] == len(ROWS) and s["failed"] == 0, (fmt, result.error_samples)
+        assert tc["input_checked"] == len(ROWS) and tc["input_usage_mismatch"] == 0, (fmt, tc)
+        lines = sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda r: r["i"])
+        assert [x["prompt_tokens"] for x in lines] == [r[1] for r in want], fmt  # the server's own usage
+        assert [x["output_tokens"] for x in lines] == [r[2] for r in want], fmt  # held by ignore_eos
+        stats = result.config["workload_stats"]
+        assert stats["format"] == fmt and stats["sends"]["sent"] == len(ROWS)
+        assert stats["input_len"]["count"] == len(ROWS)
+        assert "p99" in stats["sends"]["schedule_delay_ms"] and s["p99_schedule_lag_ms"] >= 0
+
+
+async def test_trace_formats_replay_exact_lengths_on_hf(hf_server: Server, tiny_model: Path, tmp_path: Path) -> None:
+    await replay_all_formats(hf_server, tiny_model, tmp_path)
+
+
+async def test_trace_formats_replay_exact_lengths_on_vllm(
+    vllm_server: Server, tiny_model: Path, tmp_path: Path
+) -> None:
+    await replay_all_formats(vllm_server, tiny_model, tmp_path)
+
+
+async def test_trace_on_chat_states_template_tokens(hf_server: Server, tiny_model: Path, tmp_path: Path) -> None:
+    spec = WorkloadSpec(source="trace", path=str(write_trace(tmp_path, "hpload")), endpoint="chat")
+    out = tmp_path / "chat.requests.jsonl"
+    result = await run_load(target_for(hf_server, tiny_model), spec, LoadSpec(replay=True, time_scale=0.2),
+                            requests_path=out)  # fmt: skip
+    overhead = result.config["workload_stats"]["chat_template_tokens"]
+    assert isinstance(overhead, int) and overhead > 0  # the tiny model's template wraps the message
+    tc = result.token_check
+    # Expected per request = the content's own tokens + the measured template overhead; the server agrees.
+    assert tc["input_checked"] == len(ROWS) and tc["input_usage_mismatch"] == 0, tc
+    # The content itself is the trace's length, give or take a token merged across the template's boundaries.
+    lines = sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda r: r["i"])
+    want = [r[1] for r in sorted(ROWS, key=lambda r: r[0])]
+    assert all(abs(x["prompt_tokens"] - overhead - n) <= 2 for x, n in zip(lines, want, strict=True)), lines
+
+
+async def test_too_long_rows_counted_not_crashing(vllm_server: Server, tiny_model: Path, tmp_path: Path) -> None:
+    rows = [(0.0, 40, 4, []), (0.05, 700, 4, []), (0.1, 30, 4, [])]  # the fixture's context is 512
+    path = write_trace(tmp_path, "hpload", rows)
+    spec = WorkloadSpec(source="trace", path=str(path))  # max_context from vLLM's /v1/models
+    result = await run_load(target_for(vllm_server, tiny_model), spec, LoadSpec(replay=True))
+    assert result.summary["completed"] == 2 and result.summary["failed"] == 0
+    assert result.config["workload_stats"]["skipped"] == {"too_long": 1}
+    assert any("longer than the server's context (512" in w for w in result.warnings)
+    clip = await run_load(target_for(vllm_server, tiny_model), spec.model_copy(update={"too_long": "clip"}),
+                          LoadSpec(replay=True))  # fmt: skip
+    assert clip.summary["completed"] == 3 and clip.config["workload_stats"]["clipped"] == 1
+
+
+async def test_shared_prefix_hit_fraction_on_vllm(vllm_server: Server, tiny_model: Path) -> None:
+    from hpload.loadgen import prom
+
+    target = target_for(vllm_server, tiny_model)
+    samples = await prom.scrape(vllm_server.metrics_url or vllm_server.base_url + "/metrics")
+    assert samples is not None
+    info = samples.get("vllm:cache_config_info", [])
+    assert info and info[0][0].get("enable_prefix_caching") == "True", "the fixture's vLLM has no prefix caching"
+    block = int(info[0][0]["block_size"])
+    g, p, s, n = 2, 2 * block, 40, 8
+    # The cache is "reset" by content: the prefixes are salted with a seed no other test uses, so no block of them
+    # can be cached before this run (vLLM's /reset_prefix_cache needs VLLM_SERVER_DEV_MODE, off in the fixture).
+    spec = WorkloadSpec(source="shared_prefix", prefix_groups=g, prefix_len=p, suffix_len=s, num_prompts=n,
+                        max_tokens=2, ignore_eos=True, seed=918273)  # fmt: skip
+    result = await run_load(target, spec, LoadSpec(concurrency=1, num_requests=n))
+    assert result.summary["completed"] == n
+    stats = result.config["workload_stats"]
+    measured = stats["server_prefix_cache"]["hit_fraction"]
+    # Every request but each group's first finds its prefix's full blocks cached.
+    implied = (n - g) * (p // block) * block / (n * (p + s))
+    assert implied == pytest.approx(stats["ideal_hit_fraction"])
+    assert abs(measured - implied) <= block / (p + s), (measured, implied, stats)
+    assert stats["server_prefix_cache"]["queries"] == n * (p + s)
+
+
+async def test_replay_on_echo_reports_schedule_delay(echo_server: Server, tmp_path: Path) -> None:
+    rows = [(i * 0.01, 8, 4, []) for i in range(50)]  # 100 req/s for half a second
+    spec = WorkloadSpec(source="trace", path=str(write_trace(tmp_path, "hpload", rows)), max_context=4096)
+    result = await run_load(target_for(echo_server, None), spec, LoadSpec(replay=True, rate=200.0))
+    sends = result.config["workload_stats"]["sends"]
+    assert result.summary["completed"] == 50
+    assert sends["requested_rate"] == pytest.approx(200.0)
+    assert sends["achieved_rate"] == pytest.approx(200.0, rel=0.5)  # a shared 2-core machine: loose on purpose
+    assert 0 <= sends["schedule_delay_ms"]["p50"] <= sends["schedule_delay_ms"]["p99"]
+    assert 0 <= sends["interarrival_ks"] <= 1
+    assert result.summary["total_input_tokens"] == 50 * 8  # echo counts words: one word per token without tokenizer
