@@ -43,6 +43,7 @@ class RequestRecord:
         "index",
         "itl_ns",
         "last_ns",
+        "reply",
         "request_id",
         "scheduled_ns",
         "send_ns",
@@ -66,6 +67,7 @@ class RequestRecord:
         self.chunk_tokens = 0
         self.usage_in: int | None = None
         self.usage_out: int | None = None
+        self.reply: list[str] | None = None  # the reply's text pieces, kept only when asked (a session's history)
         self.cached_in: int | None = None  # usage.prompt_tokens_details.cached_tokens, where the server reports it
         self.status = 0
         self.error_kind: str | None = None
@@ -223,6 +225,8 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord, stamps: Any) ->
                 else:
                     rec.first_ns = now
                 rec.last_ns = now
+                if rec.reply is not None:
+                    rec.reply.append(_piece(choices[0]))
                 ids = choices[0].get("token_ids")  # present when the workload asks for return_token_ids
                 rec.chunk_tokens += len(ids) if isinstance(ids, list) else 1
             usage = obj.get("usage")
@@ -255,3 +259,11 @@ def _read_whole(raw: bytes, rec: RequestRecord) -> None:
     if details:
         rec.cached_in = details.get("cached_tokens")
     rec.chunk_tokens = 1 if obj.get("choices") else 0
+    if rec.reply is not None and obj.get("choices"):
+        rec.reply.append(_piece(obj["choices"][0]))
+
+
+def _piece(choice: dict[str, Any]) -> str:
+    """A choice's text: a chat delta or message, or a completion's text."""
+    part = choice.get("delta") or choice.get("message") or {}
+    return str(part.get("content") or choice.get("text") or "")

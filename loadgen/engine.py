@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import httpx2 as httpx
 
+from hpload.errors import HploadError
 from hpload.loadgen import prom
 from hpload.loadgen.client import RequestRecord, send_request
 from hpload.loadgen.health import HealthMonitor
@@ -74,6 +75,8 @@ async def run_load(
     metrics_url = target.metrics_url or target.base_url.rstrip("/") + "/metrics"
     headers = auth_headers(target)
     before = await prom.scrape(metrics_url, headers)
+    if load.workers > 1 and workload.source == "sessions":
+        raise HploadError("load.workers: sessions run in one client process; fix: workers = 1")
     if load.workers > 1:
         from hpload.loadgen.workers import run_workers
 
@@ -83,7 +86,12 @@ async def run_load(
         )  # fmt: skip
     else:
         requests = await asyncio.to_thread(build_requests, workload, target)
-        run = LoadRun(target, workload, load, requests, slo=slo, requests_path=requests_path)
+        run_cls = LoadRun
+        if workload.source == "sessions":
+            from hpload.loadgen.sessions import SessionRun
+
+            run_cls = SessionRun
+        run = run_cls(target, workload, load, requests, slo=slo, requests_path=requests_path)
         result = await run.execute(observer=observer, snapshot_interval_s=snapshot_interval_s, stop=stop)
     after = await prom.scrape(metrics_url, headers) if before is not None else None
     result.server_metrics = prom.server_side(before, after)
@@ -331,9 +339,11 @@ class LoadRun:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _one(self, rec: RequestRecord, sem: asyncio.Semaphore | None = None) -> None:
-        req = self.requests[rec.index % len(self.requests)]
-        rec.expected_in = req.expected_in
+    async def _one(self, rec: RequestRecord, sem: asyncio.Semaphore | None = None, body: bytes | None = None) -> None:
+        if body is None:  # a session's turn brings its own body, built from the history
+            req = self.requests[rec.index % len(self.requests)]
+            rec.expected_in = req.expected_in
+            body = req.body
         client = self._clients[rec.index % len(self._clients)]
         headers = self.headers
         if self._id_prefix:
@@ -346,7 +356,7 @@ class LoadRun:
         assert task is not None
         self._inflight[rec] = task
         try:
-            await send_request(client, self.url, req.body, headers, rec, self.workload.stream)
+            await send_request(client, self.url, body, headers, rec, self.workload.stream)
         except asyncio.CancelledError:
             if not rec.warmup:
                 recorder.counters["incomplete"] += 1

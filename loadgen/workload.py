@@ -116,6 +116,10 @@ def _humaneval_items() -> list[dict[str, Any]]:
 def build_requests(spec: WorkloadSpec, target: Target) -> list[PreparedRequest]:
     """The request bodies for a run, cycled in order. Deterministic for a given ``spec.seed``."""
     rng = random.Random(spec.seed)
+    if spec.source == "sessions":
+        from hpload.loadgen.sessions import build_sessions
+
+        return build_sessions(spec, target)
     if spec.source in ("trace", "shared_prefix"):
         from hpload.loadgen import traces
 

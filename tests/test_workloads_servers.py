@@ -117,3 +117,27 @@ async def test_replay_on_echo_reports_schedule_delay(echo_server: Server, tmp_pa
     assert 0 <= sends["schedule_delay_ms"]["p50"] <= sends["schedule_delay_ms"]["p99"]
     assert 0 <= sends["interarrival_ks"] <= 1
     assert result.summary["total_input_tokens"] == 50 * 8  # echo counts words: one word per token without tokenizer
+
+
+async def test_session_turn_k_carries_history_with_real_replies(echo_server: Server, tmp_path: Path) -> None:
+    # The echo server counts words over every message and replies " x" per token: turn k's prompt is then exactly
+    # the user words of turns 1..k plus the REAL replies of turns 1..k-1 (3 words each). A recorded reply sent as
+    # well (the ShareGPT doubling bug) would add the gpt values' 40 words.
+    path = tmp_path / "sharegpt.json"
+    conv = [{"from": "human", "value": "a b c d"}, {"from": "gpt", "value": "y " * 40},
+            {"from": "human", "value": "e f"}, {"from": "gpt", "value": "z " * 40}, {"from": "human", "value": "g h i"}]
+    path.write_text(json.dumps([{"id": "1", "conversations": conv}, {"id": "2", "conversations": conv}]))
+    spec = WorkloadSpec(source="sessions", path=str(path), endpoint="chat", max_tokens=3, think_time_s=0.01)
+    result = await run_load(target_for(echo_server, None), spec, LoadSpec(concurrency=2, num_requests=6))
+    assert result.summary["completed"] == 6 and result.summary["failed"] == 0
+    turns = result.config["workload_stats"]["turns"]
+    assert [turns[k]["mean_prompt_tokens"] for k in ("1", "2", "3")] == [4, 4 + 3 + 2, 4 + 3 + 2 + 3 + 3]
+    assert all(turns[k]["completed"] == 2 and turns[k]["median_ttft_ms"] > 0 for k in ("1", "2", "3"))
+
+
+async def test_generated_sessions_open_loop(echo_server: Server) -> None:
+    spec = WorkloadSpec(source="sessions", endpoint="chat", session_turns=4, turn_len=5, max_tokens=2, num_prompts=3)
+    result = await run_load(target_for(echo_server, None), spec, LoadSpec(rate=20.0, num_requests=12))
+    turns = result.config["workload_stats"]["turns"]
+    assert result.summary["completed"] == 12
+    assert [turns[str(k)]["mean_prompt_tokens"] for k in range(1, 5)] == [5 * k + 2 * (k - 1) for k in range(1, 5)]

@@ -1,0 +1,199 @@
+"""Multi-turn sessions on the chat endpoint: each turn's prompt is the whole history, with the assistant's REAL
+replies (as streamed back in this run), then the turn's new user text.
+
+A ShareGPT row is one turn's NEW text: the ``human`` values become user turns appended to the history and the
+recorded ``gpt`` values are dropped (the server's own reply takes their place), so a prompt is never doubled by
+sending a recorded reply and a real one. Generated sessions have ``session_turns`` user turns of ``turn_len`` tokens.
+
+Turn k+1 is sent at max(its scheduled time, turn k's reply end + ``think_time_s``), where the schedule spaces turn
+starts ``turn_gap_s`` apart from the session's start. ``load.concurrency`` counts sessions in flight (each slot runs
+one session at a time) and ``load.rate`` counts session starts per second; ``num_requests`` counts turns.
+Statistics per turn index land in ``result.config["workload_stats"]["turns"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter_ns
+from typing import Any
+
+import numpy as np
+
+from hpload.errors import HploadError
+from hpload.loadgen.client import RequestRecord
+from hpload.loadgen.engine import LoadRun, _sleep_until
+from hpload.loadgen.specs import Target, WorkloadSpec
+from hpload.loadgen.traces import RequestSet
+from hpload.loadgen.workload import PreparedRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    user_turns: tuple[str, ...]
+    user_tokens: tuple[int | None, ...]
+
+
+class SessionSet(RequestSet):
+    def __init__(self, conversations: list[Conversation]) -> None:
+        # One placeholder per conversation: LoadRun wants a non-empty request list; bodies are built per turn.
+        super().__init__([PreparedRequest(b"", None) for _ in conversations])
+        self.conversations = conversations
+
+
+def read_sharegpt(path_s: str) -> list[Conversation]:
+    path = Path(path_s)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise HploadError(f"workload.path: cannot read {path} ({err.strerror}); fix: give an existing file") from err
+    try:
+        rows = json.loads(text) if text.lstrip().startswith("[") else None
+    except ValueError as err:
+        raise HploadError(f"workload.path: {path} is not JSON ({err}); fix: a ShareGPT JSON list") from err
+    numbered: list[tuple[int, Any]]
+    if rows is None:  # JSONL: one conversation per line
+        numbered = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    numbered.append((n, json.loads(line)))
+                except ValueError as err:
+                    raise HploadError(f"workload.path: {path} line {n}, field '(line)': not JSON ({err}); fix: one"
+                                      " object per line") from err  # fmt: skip
+    else:
+        numbered = [(i + 1, r) for i, r in enumerate(rows)]
+    out = []
+    for n, row in numbered:
+        where = f"workload.path: {path} {'line' if rows is None else 'entry'} {n}, field 'conversations'"
+        turns = row.get("conversations") if isinstance(row, dict) else None
+        if not isinstance(turns, list):
+            raise HploadError(f"{where}: missing or not a list; fix: a list of {{from, value}} objects")
+        users = []
+        for t in turns:
+            if not isinstance(t, dict) or not isinstance(t.get("value"), str) or "from" not in t:
+                raise HploadError(f"{where}: a turn without 'from' and a text 'value'; fix: {{\"from\": \"human\", "
+                                  "\"value\": \"...\"}")  # fmt: skip
+            if t["from"] in ("human", "user"):
+                users.append(t["value"])
+        if users:
+            out.append(Conversation(tuple(users), (None,) * len(users)))
+    if not out:
+        raise HploadError(f"workload.path: {path} has no conversation with a human turn; fix: a ShareGPT file")
+    return out
+
+
+def build_sessions(spec: WorkloadSpec, target: Target) -> SessionSet:
+    if spec.endpoint != "chat":
+        raise HploadError("workload.endpoint: sessions carry a chat history; fix: set endpoint = 'chat'")
+    if spec.path:
+        return SessionSet(read_sharegpt(spec.path))
+    from hpload.loadgen.prompts import PromptMaker
+
+    maker = PromptMaker(spec, target)
+    rng = random.Random(spec.seed)
+    convs = []
+    for _ in range(spec.num_prompts):
+        lens = (spec.input_dist.draw(rng, spec.session_turns, "workload.input_dist") if spec.input_dist
+                else [spec.turn_len] * spec.session_turns)  # fmt: skip
+        texts = tuple(maker._exact_text(maker.ids(n, rng)) for n in lens)
+        convs.append(Conversation(texts, tuple(lens)))
+    return SessionSet(convs)
+
+
+class SessionRun(LoadRun):
+    """A LoadRun whose unit is a session: the closed loop's slots and the open loop's sends start sessions."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert isinstance(self.requests, SessionSet)
+        self.conversations = self.requests.conversations
+        self._sessions = 0
+        self.turn_ttft_ms: dict[int, list[float]] = {}
+        self.turn_prompt: dict[int, list[int]] = {}
+        self.turn_failed: dict[int, int] = {}
+        self._stop_sessions = False
+
+    async def _closed_loop(self) -> None:
+        peak = self.load.peak_concurrency or 1
+        slots = [i for i in range(peak) if i % self.share.count == self.share.index]
+
+        async def slot() -> None:
+            while not self._stop_sessions and perf_counter_ns() < self._end_ns:
+                n = self._sessions
+                self._sessions += 1
+                await self._session(n, 0)
+
+        await asyncio.gather(*(slot() for _ in slots))
+
+    async def _open_loop(self, schedule: list[int], warm: int) -> None:
+        tasks = []
+        for i in range(self.share.index, len(schedule), self.share.count):
+            if self._stop_sessions:
+                break
+            at = self._t0 + schedule[i]
+            await _sleep_until(at)
+            self._sessions += 1
+            tasks.append(asyncio.create_task(self._session(i, at)))
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _session(self, n: int, start_ns: int) -> None:
+        conv = self.conversations[n % len(self.conversations)]
+        spec = self.workload
+        history: list[dict[str, str]] = []
+        start_ns = start_ns or perf_counter_ns()
+        prev_end = 0
+        for k, text in enumerate(conv.user_turns):
+            due = start_ns + int(k * spec.turn_gap_s * 1e9)
+            if k:
+                due = max(due, prev_end + int(spec.think_time_s * 1e9))
+            await _sleep_until(due)
+            taken = self._take(perf_counter_ns())
+            if taken is None:
+                self._stop_sessions = True
+                return
+            index, warmup = taken
+            history.append({"role": "user", "content": text})
+            body: dict[str, Any] = {"model": self.target.model, "messages": history, "max_tokens": spec.max_tokens}
+            if spec.stream:
+                body["stream"] = True
+                body["stream_options"] = {"include_usage": True}
+            if spec.temperature is not None:
+                body["temperature"] = spec.temperature
+            if spec.ignore_eos:
+                body["ignore_eos"] = True
+            rec = RequestRecord(index * self.share.count + self.share.index, warmup,
+                                scheduled_ns=start_ns if k == 0 and self.load.open_loop else 0)  # fmt: skip
+            rec.reply = []
+            await self._one(rec, body=json.dumps(body).encode())
+            prev_end = rec.done_ns
+            if not rec.ok:
+                self.turn_failed[k] = self.turn_failed.get(k, 0) + 1
+                return  # without the real reply there is no history to go on with
+            if not warmup:
+                self.turn_ttft_ms.setdefault(k, []).append(rec.ttft_ns / 1e6)
+                self.turn_prompt.setdefault(k, []).append(rec.usage_in or 0)
+            history.append({"role": "assistant", "content": "".join(rec.reply)})
+
+    def turn_stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in sorted(set(self.turn_ttft_ms) | set(self.turn_failed)):
+            ttft = np.array(self.turn_ttft_ms.get(k, []))
+            prompt = self.turn_prompt.get(k, [])
+            out[str(k + 1)] = {
+                "completed": len(ttft), "failed": self.turn_failed.get(k, 0),
+                "median_ttft_ms": float(np.median(ttft)) if len(ttft) else None,
+                "p99_ttft_ms": float(np.percentile(ttft, 99)) if len(ttft) else None,
+                "mean_prompt_tokens": sum(prompt) / len(prompt) if prompt else None,
+            }  # fmt: skip
+        return out
+
+    async def execute(self, **kwargs: Any) -> Any:
+        result = await super().execute(**kwargs)
+        stats = result.config.setdefault("workload_stats", {})
+        stats["sessions"] = {"conversations": len(self.conversations), "started": self._sessions or None}
+        stats["turns"] = self.turn_stats()
+        return result
