@@ -19,6 +19,7 @@ from typing import Any
 from hpload.errors import HploadError
 from hpload.scenarios.compare import Column, compare_table
 from hpload.scenarios.results import PointRecord, ResultStore, open_results
+from hpload.scenarios.workload_report import plot_lengths, workload_lines
 
 CDF_METRICS = ("ttft", "tpot", "itl", "e2el")
 
@@ -255,6 +256,9 @@ def write_report(results_dir: str | Path, *, latency_key: str = "p99_ttft_ms") -
     if chosen:
         files.plots.append(_plot_cdfs(plt, chosen, out))
         files.plots.append(_plot_pareto(plt, by_label, latency_key, out))
+        lengths = plot_lengths(plt, chosen, out)
+        if lengths is not None:
+            files.plots.append(lengths)
 
     md = [f"# hpload report: {scenario.get('name', store.root.name)}", ""]
     if scenario.get("description"):
@@ -265,6 +269,7 @@ def write_report(results_dir: str | Path, *, latency_key: str = "p99_ttft_ms") -
         md += ["## Best point per server (highest output throughput)", ""]
         md += [compare_table([Column(f"{label}", rec.summary) for label, (rec, _) in chosen.items()], markdown=True)]
         md += ["", "Deltas are against the first column.", ""]
+    md += workload_lines(chosen)
     md += ["## Plots", ""]
     for path in files.plots:
         md += [f"![{path.stem}](report/{path.name})", ""]

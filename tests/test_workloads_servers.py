@@ -141,3 +141,44 @@ async def test_generated_sessions_open_loop(echo_server: Server) -> None:
     turns = result.config["workload_stats"]["turns"]
     assert result.summary["completed"] == 12
     assert [turns[str(k)]["mean_prompt_tokens"] for k in range(1, 5)] == [5 * k + 2 * (k - 1) for k in range(1, 5)]
+
+
+def test_trace_scenario_sweeps_rates_and_reports(tmp_path: Path) -> None:
+    """A scenario file drives replay like any workload: a sweep over load.rate warps one trace to each rate, and the
+    report draws the realised lengths and states requested vs achieved rate."""
+    from hpload.scenarios.loader import load_text
+    from hpload.scenarios.report import write_report
+    from hpload.scenarios.runner import run_scenario
+
+    rows = [(i * 0.02, 4 + i % 7, 2 + i % 3, []) for i in range(30)]
+    trace = write_trace(tmp_path, "hpload", rows)
+    text = f"""
+name = "replay"
+[[servers]]
+kind = "echo"
+ttft_ms = 1
+itl_ms = 1
+[workload]
+source = "trace"
+path = "{trace}"
+max_context = 4096
+[load]
+replay = true
+rate = 40.0
+[sweep.load]
+rate = [40.0, 120.0]
+"""
+    import asyncio
+
+    report = asyncio.run(run_scenario(load_text(text, "s.toml"), results_dir=tmp_path / "r"))
+    assert report.measured == 2 and report.failed == 0
+    files = write_report(tmp_path / "r")
+    assert any(p.name == "lengths.png" and p.stat().st_size > 0 for p in files.plots)
+    md = files.markdown.read_text()
+    assert "## Workload" in md and "rate requested" in md
+    from hpload.scenarios.results import open_results
+
+    store = open_results(tmp_path / "r")
+    sends = [store.load_result(r).config["workload_stats"]["sends"] for r in store.records()]
+    assert sorted(x["requested_rate"] for x in sends) == pytest.approx([40.0, 120.0])
+    assert all(x["sent"] == 30 for x in sends)
