@@ -14,9 +14,12 @@ def _stats(result: Any) -> dict[str, Any]:
 def plot_lengths(plt: Any, chosen: dict[str, tuple[Any, Any]], out: Path) -> Path | None:
     """Histograms of the prompt and output lengths each server's best point really used; None when no point has
     per-request lengths."""
-    series = [(label, key, _stats(res).get(key)) for label, (_, res) in chosen.items()
-              for key in ("input_len", "output_len")]  # fmt: skip
-    series = [(label, key, s) for label, key, s in series if s and s.get("counts")]
+    series: list[tuple[str, str, dict[str, Any]]] = []
+    for label, (_, res) in chosen.items():
+        for key in ("input_len", "output_len"):
+            s = _stats(res).get(key)
+            if s and s.get("counts"):
+                series.append((label, key, s))
     if not series:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
