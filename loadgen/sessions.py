@@ -116,6 +116,7 @@ class SessionRun(LoadRun):
         self.turn_prompt: dict[int, list[int]] = {}
         self.turn_failed: dict[int, int] = {}
         self._stop_sessions = False
+        self.session_spans: list[tuple[int, int, bool]] = []  # (turns done, duration ns, every turn done) per session
 
     async def _closed_loop(self) -> None:
         peak = self.load.peak_concurrency or 1
@@ -141,6 +142,14 @@ class SessionRun(LoadRun):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _session(self, n: int, start_ns: int) -> None:
+        begun = perf_counter_ns()
+        done = await self._turns(n, start_ns)
+        conv = self.conversations[n % len(self.conversations)]
+        if done:
+            self.session_spans.append((done, perf_counter_ns() - begun, done == len(conv.user_turns)))
+
+    async def _turns(self, n: int, start_ns: int) -> int:
+        """Runs session ``n``'s turns; returns how many completed."""
         conv = self.conversations[n % len(self.conversations)]
         spec = self.workload
         history: list[dict[str, str]] = []
@@ -154,7 +163,7 @@ class SessionRun(LoadRun):
             taken = self._take(perf_counter_ns())
             if taken is None:
                 self._stop_sessions = True
-                return
+                return k
             index, warmup = taken
             history.append({"role": "user", "content": text})
             body: dict[str, Any] = {"model": self.target.model, "messages": history, "max_tokens": spec.max_tokens}
@@ -172,11 +181,12 @@ class SessionRun(LoadRun):
             prev_end = rec.done_ns
             if not rec.ok:
                 self.turn_failed[k] = self.turn_failed.get(k, 0) + 1
-                return  # without the real reply there is no history to go on with
+                return k  # without the real reply there is no history to go on with
             if not warmup:
                 self.turn_ttft_ms.setdefault(k, []).append(rec.ttft_ns / 1e6)
                 self.turn_prompt.setdefault(k, []).append(rec.usage_in or 0)
             history.append({"role": "assistant", "content": "".join(rec.reply)})
+        return len(conv.user_turns)
 
     def turn_stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -194,6 +204,13 @@ class SessionRun(LoadRun):
     async def execute(self, **kwargs: Any) -> Any:
         result = await super().execute(**kwargs)
         stats = result.config.setdefault("workload_stats", {})
-        stats["sessions"] = {"conversations": len(self.conversations), "started": self._sessions or None}
+        spans = self.session_spans
+        durations = sorted(d / 1e9 for _, d, _ in spans)
+        stats["sessions"] = {
+            "conversations": len(self.conversations), "started": self._sessions or None,
+            "finished": sum(full for *_, full in spans), "cut": sum(not full for *_, full in spans),
+            "mean_turns": sum(t for t, _, _ in spans) / len(spans) if spans else None,
+            "median_duration_s": durations[len(durations) // 2] if durations else None,
+        }  # fmt: skip
         stats["turns"] = self.turn_stats()
         return result

@@ -185,3 +185,24 @@ def test_send_summary_and_ks() -> None:
     late = send_summary([(s, max(s, 500_000_000)) for s in sched])  # stuck until 0.5 s, then caught up in a burst
     assert late["interarrival_ks"] > 0.4 and late["schedule_delay_ms"]["max"] == pytest.approx(500.0)
     assert ks_statistic([1, 2, 3], [10, 20, 30]) == 1.0
+
+
+def test_cached_tokens_from_usage_reach_the_prefix_cache_stats() -> None:
+    from hpload.loadgen.client import RequestRecord, _read_whole
+    from hpload.loadgen.recorder import Recorder
+    from hpload.loadgen.replay import attach
+
+    recorder = Recorder("x")
+    for cached in (0, 96, 128):
+        rec = RequestRecord(0, False)
+        rec.send_ns, rec.reply = 1, []
+        body = {"choices": [{"message": {"content": "hi"}}],
+                "usage": {"prompt_tokens": 160, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": cached}}}
+        _read_whole(json.dumps(body).encode(), rec)
+        rec.first_ns = rec.last_ns = rec.done_ns = 2
+        assert rec.cached_in == cached and rec.reply == ["hi"]
+        recorder.record(rec)
+    result = recorder.result({}, "")
+    attach(result, [], None)
+    pc = result.config["workload_stats"]["prefix_cache"]
+    assert pc == {"cached_tokens": 224, "prompt_tokens": 480, "hit_fraction": pytest.approx(224 / 480)}

@@ -133,6 +133,9 @@ async def test_session_turn_k_carries_history_with_real_replies(echo_server: Ser
     turns = result.config["workload_stats"]["turns"]
     assert [turns[k]["mean_prompt_tokens"] for k in ("1", "2", "3")] == [4, 4 + 3 + 2, 4 + 3 + 2 + 3 + 3]
     assert all(turns[k]["completed"] == 2 and turns[k]["median_ttft_ms"] > 0 for k in ("1", "2", "3"))
+    sessions = result.config["workload_stats"]["sessions"]
+    assert sessions["finished"] == 2 and sessions["cut"] == 0 and sessions["mean_turns"] == 3
+    assert sessions["median_duration_s"] >= 2 * 0.01  # two think times at least
 
 
 async def test_generated_sessions_open_loop(echo_server: Server) -> None:
