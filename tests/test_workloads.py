@@ -196,8 +196,10 @@ def test_cached_tokens_from_usage_reach_the_prefix_cache_stats() -> None:
     for cached in (0, 96, 128):
         rec = RequestRecord(0, False)
         rec.send_ns, rec.reply = 1, []
-        body = {"choices": [{"message": {"content": "hi"}}],
-                "usage": {"prompt_tokens": 160, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": cached}}}
+        body = {
+            "choices": [{"message": {"content": "hi"}}],
+            "usage": {"prompt_tokens": 160, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": cached}},
+        }
         _read_whole(json.dumps(body).encode(), rec)
         rec.first_ns = rec.last_ns = rec.done_ns = 2
         assert rec.cached_in == cached and rec.reply == ["hi"]

@@ -124,8 +124,13 @@ async def test_session_turn_k_carries_history_with_real_replies(echo_server: Ser
     # the user words of turns 1..k plus the REAL replies of turns 1..k-1 (3 words each). A recorded reply sent as
     # well (the ShareGPT doubling bug) would add the gpt values' 40 words.
     path = tmp_path / "sharegpt.json"
-    conv = [{"from": "human", "value": "a b c d"}, {"from": "gpt", "value": "y " * 40},
-            {"from": "human", "value": "e f"}, {"from": "gpt", "value": "z " * 40}, {"from": "human", "value": "g h i"}]
+    conv = [
+        {"from": "human", "value": "a b c d"},
+        {"from": "gpt", "value": "y " * 40},
+        {"from": "human", "value": "e f"},
+        {"from": "gpt", "value": "z " * 40},
+        {"from": "human", "value": "g h i"},
+    ]
     path.write_text(json.dumps([{"id": "1", "conversations": conv}, {"id": "2", "conversations": conv}]))
     spec = WorkloadSpec(source="sessions", path=str(path), endpoint="chat", max_tokens=3, think_time_s=0.01)
     result = await run_load(target_for(echo_server, None), spec, LoadSpec(concurrency=2, num_requests=6))
