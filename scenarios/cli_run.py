@@ -55,18 +55,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="client processes sharing the load (when the client itself is the bottleneck)")
     load.add_argument("--max-tokens", type=int, metavar="N", help="output tokens per request")
     load.add_argument("--input-len", type=int, metavar="N", help="synthetic prompt length in tokens")
+    load.add_argument("--trace", metavar="FILE", help="replay a trace at its times (Mooncake/Azure/BurstGPT/hpload "
+                      "JSONL, docs/workloads.md); with --rate, warped to that mean rate")  # fmt: skip
+    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer (model dir or tokenizer.json) for a --server URL")
     parser.add_argument("--save-requests", action="store_true",
                         help="also keep one JSON line per request (points/<point>.requests.jsonl)")
     parser.add_argument("--rerun", action="store_true", help="measure every point again, even finished ones")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
 
 
-def server_table(spec: str, base: list[dict[str, Any]], model: str | None) -> dict[str, Any]:
+def server_table(spec: str, base: list[dict[str, Any]], model: str | None, tokenizer: str | None = None) -> dict[str, Any]:
     """A ``--server`` value as a [[servers]] table; kinds the scenario already has keep its settings."""
     from hpload.errors import HploadError
 
     if spec.startswith(("http://", "https://")):
-        return {"kind": "external", "label": "external", "url": spec.rstrip("/")}
+        return {"kind": "external", "label": "external", "url": spec.rstrip("/"), "tokenizer": tokenizer}
     if spec not in ("vllm", "hf", "echo"):
         raise HploadError(f"--server {spec}: not a server kind or URL; fix: use vllm, hf, echo or http://HOST:PORT")
     table = next((dict(t) for t in base if t.get("kind") == spec), {"kind": spec, "label": spec})
@@ -81,7 +84,7 @@ def flag_edits(args: argparse.Namespace) -> Any:
     def edit(data: dict[str, Any]) -> None:
         if args.server:
             base = list(data.get("servers") or [])
-            data["servers"] = [server_table(s, base, args.model) for s in args.server]
+            data["servers"] = [server_table(s, base, args.model, getattr(args, "tokenizer", None)) for s in args.server]
         elif args.model:
             for table in data.get("servers") or []:
                 if table.get("kind") in ("vllm", "hf"):
@@ -104,6 +107,14 @@ def flag_edits(args: argparse.Namespace) -> Any:
                 section.pop("duration_s", None)
             elif name == "duration_s" and args.num_requests is None:
                 section.pop("num_requests", None)
+        if getattr(args, "trace", None):
+            data.setdefault("workload", {}).update(source="trace", path=args.trace)
+            section = data.setdefault("load", {})
+            section["replay"] = True
+            # The trace bounds the run; a base scenario's warm-up seconds would swallow its first rows.
+            dropped = ("concurrency", "steps", "warmup_s") + (() if args.duration_s is not None else ("duration_s",))
+            for name in dropped + (() if args.rate is not None else ("rate",)):
+                section.pop(name, None)
         if getattr(args, "save_requests", False):
             data["save_requests"] = True
         if args.server and args.scenario is None:

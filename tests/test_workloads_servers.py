@@ -190,3 +190,22 @@ rate = [40.0, 120.0]
     sends = [store.load_result(r).config["workload_stats"]["sends"] for r in store.records()]
     assert sorted(x["requested_rate"] for x in sends) == pytest.approx([40.0, 120.0])
     assert all(x["sent"] == 30 for x in sends)
+
+
+def test_cli_trace_flag_replays_a_file_on_a_url_with_tokenizer(echo_server: Server, tiny_model: Path,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    """``hpload run --server URL --tokenizer DIR --trace FILE``: an attached server gets exact token-id prompts."""
+    import subprocess
+    import sys
+
+    results = tmp_path / "adhoc"
+    trace = write_trace(tmp_path, "burstgpt")
+    cmd = [sys.executable, "-m", "hpload", "run", "--server", echo_server.base_url, "--tokenizer", str(tiny_model),
+           "--trace", str(trace), "--results", str(results), "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (point,) = sorted((results / "points").glob("*.point.json"))
+    summary = json.loads(point.read_text())["summary"]
+    assert summary["completed"] == len(ROWS)
+    # The echo server counts a token-id prompt's ids: the trace's lengths exactly.
+    assert summary["total_input_tokens"] == sum(r[1] for r in ROWS)

@@ -218,7 +218,7 @@ class RunScreen(Screen[None]):
             state = "finished (r restarts)"
         elapsed = f" {time.monotonic() - self.started_at:.0f}s" if self.started_at and self.running else ""
         load = self.plan.load
-        loop = f"c={load.concurrency}" if load.concurrency else f"{load.rate:g} req/s" if load.rate else "steps"
+        loop = f"c={load.concurrency}" if load.concurrency else f"{load.rate:g} req/s" if load.rate else ("trace replay" if load.replay else "steps")
         bar = Text(no_wrap=True, overflow="ellipsis")
         bar.append(f"{self.plan.title}", style="bold")
         bar.append(f"  {state}{elapsed}  {loop}  max_tokens {self.plan.workload.max_tokens}")
