@@ -112,10 +112,14 @@ def run_config(target: Target, workload: WorkloadSpec, load: LoadSpec, slo: SLO 
         "workload": workload.model_dump(mode="json"),
         "load": load.model_dump(mode="json"),
         "slo": slo.model_dump(mode="json", exclude_none=True) if slo else None,
-        "request_rate": load.rate if load.rate is not None else ("trace" if load.replay else "steps" if load.open_loop else "inf"),
+        "request_rate": load.rate if load.rate is not None else _loop_name(load),
         "max_concurrency": load.peak_concurrency if not load.open_loop else load.max_concurrency,
         "burstiness": load.burstiness,
     }
+
+
+def _loop_name(load: LoadSpec) -> str:
+    return "trace" if load.replay else "steps" if load.open_loop else "inf"
 
 
 def make_clients(load: LoadSpec, streams: int, url: str = "http://") -> list[httpx.AsyncClient]:

@@ -6,8 +6,10 @@ recorded ``gpt`` values are dropped (the server's own reply takes their place), 
 sending a recorded reply and a real one. Generated sessions have ``session_turns`` user turns of ``turn_len`` tokens.
 
 Turn k+1 is sent at max(its scheduled time, turn k's reply end + ``think_time_s``), where the schedule spaces turn
-starts ``turn_gap_s`` apart from the session's start. ``load.concurrency`` counts sessions in flight (each slot runs
-one session at a time) and ``load.rate`` counts session starts per second; ``num_requests`` counts turns.
+starts ``turn_gap_s`` apart from the session's start. With ``session_load = "sessions"``, ``load.concurrency``
+counts sessions in flight (each slot runs one session at a time) and ``load.rate`` session starts per second; with
+``"requests"``, concurrency counts requests in flight (a thinking session holds none, so new sessions start) and the
+rate counts requests (sessions start rate / mean turns per second). ``num_requests`` counts turns.
 Statistics per turn index land in ``result.config["workload_stats"]["turns"]``.
 """
 
@@ -116,11 +118,15 @@ class SessionRun(LoadRun):
         self.turn_prompt: dict[int, list[int]] = {}
         self.turn_failed: dict[int, int] = {}
         self._stop_sessions = False
+        self._permits: asyncio.Semaphore | None = None
         self.session_spans: list[tuple[int, int, bool]] = []  # (turns done, duration ns, every turn done) per session
 
     async def _closed_loop(self) -> None:
         peak = self.load.peak_concurrency or 1
         slots = [i for i in range(peak) if i % self.share.count == self.share.index]
+        if self.workload.session_load == "requests":
+            await self._request_pool(len(slots))
+            return
 
         async def slot() -> None:
             while not self._stop_sessions and perf_counter_ns() < self._end_ns:
@@ -130,10 +136,31 @@ class SessionRun(LoadRun):
 
         await asyncio.gather(*(slot() for _ in slots))
 
+    async def _request_pool(self, size: int) -> None:
+        """``session_load = "requests"``: ``size`` requests in flight; a session thinking holds no permit, so a new
+        session starts in its place (the semaphore is FIFO: waiting turns and new sessions take permits in order)."""
+        self._permits = asyncio.Semaphore(size)
+        tasks: set[asyncio.Task[None]] = set()
+        while not self._stop_sessions and perf_counter_ns() < self._end_ns:
+            await self._permits.acquire()
+            if self._stop_sessions:
+                self._permits.release()
+                break
+            n = self._sessions
+            self._sessions += 1
+            task = asyncio.create_task(self._session(n, 0, holds_permit=True))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _open_loop(self, schedule: list[int], warm: int) -> None:
+        if self.workload.session_load == "requests":
+            # The rate counts requests: sessions start that many times less often as they have turns on average.
+            mean_turns = sum(len(c.user_turns) for c in self.conversations) / len(self.conversations)
+            schedule = [int(t * mean_turns) for t in schedule]
         tasks = []
         for i in range(self.share.index, len(schedule), self.share.count):
-            if self._stop_sessions:
+            if self._stop_sessions or self._t0 + schedule[i] >= self._end_ns:
                 break
             at = self._t0 + schedule[i]
             await _sleep_until(at)
@@ -141,15 +168,16 @@ class SessionRun(LoadRun):
             tasks.append(asyncio.create_task(self._session(i, at)))
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _session(self, n: int, start_ns: int) -> None:
+    async def _session(self, n: int, start_ns: int, holds_permit: bool = False) -> None:
         begun = perf_counter_ns()
-        done = await self._turns(n, start_ns)
+        done = await self._turns(n, start_ns, holds_permit)
         conv = self.conversations[n % len(self.conversations)]
         if done:
             self.session_spans.append((done, perf_counter_ns() - begun, done == len(conv.user_turns)))
 
-    async def _turns(self, n: int, start_ns: int) -> int:
-        """Runs session ``n``'s turns; returns how many completed."""
+    async def _turns(self, n: int, start_ns: int, holds_permit: bool) -> int:
+        """Runs session ``n``'s turns; returns how many completed. ``holds_permit``: the first turn's request permit
+        (requests mode) was taken by the caller."""
         conv = self.conversations[n % len(self.conversations)]
         spec = self.workload
         history: list[dict[str, str]] = []
@@ -160,9 +188,16 @@ class SessionRun(LoadRun):
             if k:
                 due = max(due, prev_end + int(spec.think_time_s * 1e9))
             await _sleep_until(due)
-            taken = self._take(perf_counter_ns())
+            permits = self._permits
+            if permits is not None and not holds_permit:
+                await permits.acquire()
+            holds_permit = False
+            now = perf_counter_ns()
+            taken = self._take(now) if now < self._end_ns else None
             if taken is None:
                 self._stop_sessions = True
+                if permits is not None:
+                    permits.release()
                 return k
             index, warmup = taken
             history.append({"role": "user", "content": text})
@@ -177,7 +212,11 @@ class SessionRun(LoadRun):
             rec = RequestRecord(index * self.share.count + self.share.index, warmup,
                                 scheduled_ns=start_ns if k == 0 and self.load.open_loop else 0)  # fmt: skip
             rec.reply = []
-            await self._one(rec, body=json.dumps(body).encode())
+            try:
+                await self._one(rec, body=json.dumps(body).encode())
+            finally:
+                if permits is not None:
+                    permits.release()
             prev_end = rec.done_ns
             if not rec.ok:
                 self.turn_failed[k] = self.turn_failed.get(k, 0) + 1

@@ -71,6 +71,8 @@ class WorkloadSpec(_Strict):
     turn_gap_s: float = Field(default=0.0, ge=0)
     """Sessions: turn k is scheduled k * this after its session's start (sent at the later of that and the think
     time)."""
+    session_load: Literal["sessions", "requests"] = "sessions"
+    """Sessions: what ``load.concurrency`` and ``load.rate`` count, sessions or requests (turns)."""
     input_dist: LengthDist | None = None
     """Synthetic prompt lengths drawn from a distribution (wins over ``input_len``/``input_len_spread``)."""
     output_dist: LengthDist | None = None

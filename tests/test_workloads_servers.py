@@ -209,3 +209,17 @@ def test_cli_trace_flag_replays_a_file_on_a_url_with_tokenizer(echo_server: Serv
     assert summary["completed"] == len(ROWS)
     # The echo server counts a token-id prompt's ids: the trace's lengths exactly.
     assert summary["total_input_tokens"] == sum(r[1] for r in ROWS)
+
+
+async def test_sessions_count_requests_when_asked(echo_server: Server) -> None:
+    """session_load = "requests": a thinking session holds no request slot, so more sessions start than slots."""
+    base = WorkloadSpec(source="sessions", endpoint="chat", session_turns=3, turn_len=3, max_tokens=2,
+                        num_prompts=4, think_time_s=0.5)  # fmt: skip
+    load = LoadSpec(concurrency=2, duration_s=1.0, drain_timeout_s=5.0)
+    by_sessions = await run_load(target_for(echo_server, None), base, load)
+    by_requests = await run_load(target_for(echo_server, None), base.model_copy(update={"session_load": "requests"}),
+                                 load)  # fmt: skip
+    started = [r.config["workload_stats"]["sessions"]["started"] for r in (by_sessions, by_requests)]
+    assert started[0] == 2  # one session per slot, each thinking 0.5 s twice: 1 s is not enough for more
+    assert started[1] > 4, started  # replies take ~50 ms: slots free up while sessions think
+    assert by_requests.summary["completed"] > 2 * by_sessions.summary["completed"]
