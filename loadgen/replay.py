@@ -61,14 +61,25 @@ def attach(result: RunResult, requests: list[PreparedRequest], sends: list[tuple
         stats["output_len"] = summarize(outs)
     if sends:
         stats["sends"] = send_summary(sends)
-    cached = result.counters.get("cached_prompt_tokens")
-    if cached is not None and result.counters.get("cached_reported"):
-        prompt = result.counters.get("cached_reported_prompt_tokens", 0)
-        stats["prefix_cache"] = {"cached_tokens": int(cached), "prompt_tokens": int(prompt),
-                                 "hit_fraction": cached / prompt if prompt else None}  # fmt: skip
+    cache = _prefix_cache(result)
+    if cache:
+        stats["prefix_cache"] = cache
     result.warnings += list(getattr(requests, "warnings", []) or [])
     if stats:
         result.config["workload_stats"] = stats
+
+
+def _prefix_cache(result: RunResult) -> dict[str, Any] | None:
+    """The share of prompt tokens the server says it served from cache (``usage.prompt_tokens_details``)."""
+    c = result.counters
+    if not c.get("cached_reported"):
+        return None
+    cached, prompt = c.get("cached_prompt_tokens", 0), c.get("cached_reported_prompt_tokens", 0)
+    return {
+        "cached_tokens": int(cached),
+        "prompt_tokens": int(prompt),
+        "hit_fraction": cached / prompt if prompt else None,
+    }
 
 
 def attach_server(result: RunResult) -> None:
@@ -79,3 +90,30 @@ def attach_server(result: RunResult) -> None:
             "queries": server["prefix_cache_queries"], "hits": server.get("prefix_cache_hits", 0),
             "hit_fraction": server.get("prefix_cache_hits", 0) / server["prefix_cache_queries"],
         }  # fmt: skip
+
+
+def merge_stats(pieces: list[RunResult], merged: RunResult) -> None:
+    """``workers > 1``: one ``workload_stats`` from the workers'. Lengths and trace findings are the same in every
+    worker (each builds the same requests); send figures add (rates, counts) or take the worst (delay percentiles and
+    the KS statistic, each worker's own), and the prefix-cache share comes from the merged counters."""
+    parts = [dict(p.config.get("workload_stats") or {}) for p in pieces]
+    if not any(parts):
+        return
+    stats = next(p for p in parts if p)
+    sends = [p["sends"] for p in parts if p.get("sends", {}).get("requested_rate")]
+    if sends:
+        stats["sends"] = {
+            "sent": sum(s["sent"] for s in sends),
+            "requested_rate": sum(s["requested_rate"] for s in sends),
+            "achieved_rate": sum(s.get("achieved_rate") or 0.0 for s in sends),
+            "schedule_delay_ms": {
+                k: max(s["schedule_delay_ms"][k] for s in sends) for k in ("p50", "p90", "p99", "max")
+            },
+            "interarrival_ks": max(s["interarrival_ks"] for s in sends),
+            "per_worker": True,
+        }
+    stats.pop("prefix_cache", None)
+    cache = _prefix_cache(merged)
+    if cache:
+        stats["prefix_cache"] = cache
+    merged.config["workload_stats"] = stats

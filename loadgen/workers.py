@@ -20,6 +20,7 @@ from typing import Any
 from hpload.loadgen.engine import LoadRun, Share, _notify, run_config
 from hpload.loadgen.health import HealthMonitor
 from hpload.loadgen.recorder import Recorder
+from hpload.loadgen.replay import merge_stats as merge_workload_stats
 from hpload.loadgen.result import RunResult, merge_health
 from hpload.loadgen.snapshot import ClientHealth, Observer
 from hpload.loadgen.specs import SLO, LoadSpec, Target, WorkloadSpec
@@ -126,6 +127,7 @@ async def run_workers(
     merged = RunResult.merge(pieces)
     merged.workers = n
     merged.config = config
+    merge_workload_stats(pieces, merged)
     merged.warnings += failures
     if observer is not None:
         _notify(observer, total.snapshot("done", _merged_health(health)))

@@ -223,3 +223,12 @@ async def test_sessions_count_requests_when_asked(echo_server: Server) -> None:
     assert started[0] == 2  # one session per slot, each thinking 0.5 s twice: 1 s is not enough for more
     assert started[1] > 4, started  # replies take ~50 ms: slots free up while sessions think
     assert by_requests.summary["completed"] > 2 * by_sessions.summary["completed"]
+
+
+async def test_replay_with_two_workers_keeps_the_workload_stats(echo_server: Server, tmp_path: Path) -> None:
+    rows = [(i * 0.01, 5, 2, []) for i in range(40)]
+    spec = WorkloadSpec(source="trace", path=str(write_trace(tmp_path, "hpload", rows)), max_context=4096)
+    result = await run_load(target_for(echo_server, None), spec, LoadSpec(replay=True, workers=2))
+    stats = result.config["workload_stats"]
+    assert result.summary["completed"] == 40 and stats["rows"] == 40
+    assert stats["sends"]["sent"] == 40 and stats["sends"]["requested_rate"] == pytest.approx(100.0, rel=0.1)
