@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import secrets
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -180,7 +181,8 @@ class LoadRun:
         self._end_ns = 0
         self._warm_end_ns = 0
         self._drained = 0
-        self._sends: list[tuple[int, int]] | None = [] if load.open_loop else None  # (scheduled, sent) ns
+        # (scheduled, sent) ns pairs, flat: 16 bytes a request, so an hour at 500 req/s stays under 30 MB.
+        self._sends: array[int] | None = array("q") if load.open_loop else None
 
     # ---- the run ----
     async def execute(
@@ -371,8 +373,8 @@ class LoadRun:
             if sem is not None:
                 sem.release()
         recorder.record(rec)
-        if self._sends is not None and rec.send_ns:
-            self._sends.append((rec.scheduled_ns, rec.send_ns))
+        if self._sends is not None and rec.send_ns and rec.scheduled_ns:
+            self._sends.extend((rec.scheduled_ns, rec.send_ns))
         if self._out is not None:
             self._out.write(json.dumps(rec.to_json()) + "\n")
 

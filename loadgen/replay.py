@@ -7,6 +7,7 @@ readers are unaffected.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,12 @@ def ks_statistic(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> fl
     return float(np.max(np.abs(fa - fb)))
 
 
-def send_summary(sends: list[tuple[int, int]]) -> dict[str, Any]:
-    """``sends``: (scheduled_ns, sent_ns) of every open-loop request, warm-up included."""
-    if len(sends) < 2:
-        return {"sent": len(sends)}
-    arr = np.array(sorted(sends), dtype=np.int64)
+def send_summary(sends: Sequence[int] | Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """``sends``: (scheduled_ns, sent_ns) of every open-loop request, warm-up included, as pairs or flat."""
+    arr = np.asarray(sends, dtype=np.int64).reshape(-1, 2)
+    if len(arr) < 2:
+        return {"sent": len(arr)}
+    arr = arr[np.argsort(arr[:, 0], kind="stable")]
     sched, sent = arr[:, 0], np.sort(arr[:, 1])
     delay_ms = (arr[:, 1] - arr[:, 0]) / 1e6
     n = len(arr)
@@ -51,7 +53,7 @@ def send_summary(sends: list[tuple[int, int]]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def attach(result: RunResult, requests: list[PreparedRequest], sends: list[tuple[int, int]] | None) -> None:
+def attach(result: RunResult, requests: list[PreparedRequest], sends: Sequence[int] | None) -> None:
     stats: dict[str, Any] = dict(getattr(requests, "stats", {}) or {})
     ins = [r.input_len for r in requests if r.input_len is not None]
     outs = [r.output_len for r in requests if r.output_len is not None]
