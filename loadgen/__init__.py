@@ -6,7 +6,7 @@ bench-serve-style summary, mergeable, saved atomically) and ``format_table`` (th
 Live progress reaches consumers only as ``hpload.loadgen.snapshot.Snapshot`` values.
 """
 
-from hpload.loadgen.engine import run_load
+from hpload.loadgen.loadrun import run_load
 from hpload.loadgen.result import RunResult, format_table
 from hpload.loadgen.specs import SLO, LoadSpec, LoadStep, Target, WorkloadSpec
 

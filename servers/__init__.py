@@ -21,11 +21,11 @@ def make_server(settings: VllmSettings | HFSettings | EchoSettings | ExternalSet
 
         return VllmServer(settings, workdir=workdir)
     if isinstance(settings, HFSettings):
-        from hpload.servers.hf import HFServer
+        from hpload.servers.hf.launcher import HFServer
 
         return HFServer(settings, workdir=workdir)
     if isinstance(settings, EchoSettings):
-        from hpload.servers.echo_launcher import EchoServer
+        from hpload.servers.echo.launcher import EchoServer
 
         return EchoServer(settings, workdir=workdir)
     from hpload.servers.external import ExternalServer

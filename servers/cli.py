@@ -91,7 +91,7 @@ def settings_error(err: ValidationError, *, prefix: str = "") -> str:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.kind == "hf":
-        from hpload.servers.hf import run_hf
+        from hpload.servers.hf.launcher import run_hf
 
         return run_hf(settings)
     return asyncio.run(_supervise(settings))

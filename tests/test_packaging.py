@@ -32,7 +32,7 @@ def test_each_product_folder_is_reachable_as_hpload_subpackage() -> None:
         assert os.readlink(link) == f"../{folder}"  # relative, so a clone anywhere works
         assert link.resolve() == (ROOT / folder).resolve()
         assert (link / "__init__.py").is_file()
-    assert {"hpload.loadgen.engine", "hpload.servers.base", "hpload.scenarios.runner", "hpload.tui.app"} <= (
+    assert {"hpload.loadgen.loadrun", "hpload.servers.base", "hpload.scenarios.runner", "hpload.tui.app"} <= (
         _source_modules()
     )
 

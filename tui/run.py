@@ -1,6 +1,6 @@
 """The run screen: one column per server, live from the engine's snapshots, with keys to stop and restart.
 
-The engine runs in a child process (:mod:`hpload.tui.engine`); a thread worker here reads its pipe into a
+The engine runs in a child process (:mod:`hpload.tui.child`); a thread worker here reads its pipe into a
 :class:`Feed`, which wakes this screen with at most one ``FeedReady`` message in flight; the screen then takes
 the latest snapshot per server and redraws once. On narrow or short terminals the keys 1-4 pick one view; from
 120x36 up every view is on screen at once.
@@ -24,7 +24,7 @@ from textual.worker import Worker, WorkerState
 
 from hpload.gpu import GpuSample, GpuTelemetry, describe
 from hpload.loadgen.snapshot import HistogramView, Snapshot
-from hpload.tui.engine import EngineProcess
+from hpload.tui.child import EngineProcess
 from hpload.tui.feed import Batch, Feed, PointDone, ServerState
 from hpload.tui.logaxis import LogAxis
 from hpload.tui.panels import HIST_METRICS, PointsTable, ServerPanel
@@ -67,7 +67,7 @@ class RunScreen(Screen[None]):
         self.autostart = autostart
         self.view = "latency"
         self.feed = Feed(lambda: self.post_message(FeedReady()))
-        self.engine_kind = engine  # "process" (the default, see hpload.tui.engine) or "thread", for comparison
+        self.engine_kind = engine  # "process" (the default, see hpload.tui.child) or "thread", for comparison
         self.session: EngineProcess | Session | None = None
         self.engine: Worker[None] | None = None
         self.gpu = gpu if gpu is not None else GpuTelemetry()

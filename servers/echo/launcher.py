@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from hpload.servers.base import ProcessServer
-from hpload.servers.echo import API_KEY_ENV
+from hpload.servers.echo.server import API_KEY_ENV
 from hpload.servers.settings import EchoSettings
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpload.errors import HploadError
-from hpload.servers.metrics import ServerMetrics
+from hpload.servers.hf.metrics import ServerMetrics
 from hpload.servers.settings import HFSettings
 
 if TYPE_CHECKING:

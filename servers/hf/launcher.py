@@ -65,9 +65,9 @@ def run_hf(settings: HFSettings) -> int:
     """Load the model, then serve until SIGINT/SIGTERM. Blocks."""
     import uvicorn
 
-    from hpload.servers.hf_app import build_app
-    from hpload.servers.hf_engine import load_model, make_engine
-    from hpload.servers.metrics import ServerMetrics
+    from hpload.servers.hf.app import build_app
+    from hpload.servers.hf.engine import load_model, make_engine
+    from hpload.servers.hf.metrics import ServerMetrics
 
     logging.basicConfig(level=os.environ.get("HPLOAD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
