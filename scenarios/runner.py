@@ -19,7 +19,7 @@ from hpload.loadgen.specs import SLO, LoadSpec, Target, WorkloadSpec
 from hpload.scenarios.points import Point, expand, settings_key
 from hpload.scenarios.results import PointRecord, ResultStore
 from hpload.scenarios.schema import Scenario, Threshold
-from hpload.servers.settings import ServerSettings
+from hpload.servers.kinds import KINDS, ServerSettings
 
 if TYPE_CHECKING:
     from hpload.loadgen.result import RunResult
@@ -60,7 +60,7 @@ def default_results_dir(scenario: Scenario) -> Path:
 
 def tokenizer_path(settings: ServerSettings) -> str | None:
     """The model directory the client measures synthetic prompts with (managed local models only)."""
-    if settings.kind not in ("vllm", "hf"):
+    if not KINDS[settings.kind].local_model:
         return None
     model = getattr(settings, "model", None)
     if model:
@@ -87,7 +87,7 @@ class ServerKeeper:
         from hpload.servers import make_server
 
         self._listener.server_starting(settings)
-        if settings.kind in ("vllm", "hf") and getattr(settings, "model", None) is None:
+        if KINDS[settings.kind].local_model and getattr(settings, "model", None) is None:
             from hpload.model import ensure_tiny_model
 
             await asyncio.to_thread(ensure_tiny_model)

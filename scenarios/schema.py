@@ -15,14 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
 from hpload.scenarios.space import ParamSpec
-from hpload.servers.settings import EchoSettings, ExternalSettings, HFSettings, ServerSettings, VllmSettings
+from hpload.servers.kinds import KINDS, ServerSettings
 
-SERVER_MODELS: dict[str, type[BaseModel]] = {
-    "vllm": VllmSettings,
-    "hf": HFSettings,
-    "echo": EchoSettings,
-    "external": ExternalSettings,
-}
+SERVER_MODELS: dict[str, type[BaseModel]] = {name: kind.settings for name, kind in KINDS.items()}
 _THRESHOLD = re.compile(r"^\s*(<=|>=|<|>|==)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
 
 

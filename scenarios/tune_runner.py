@@ -27,7 +27,7 @@ from hpload.scenarios.runner import QuietListener, RunListener, ServerKeeper, de
 from hpload.scenarios.schema import Scenario, TuneSpec
 from hpload.scenarios.space import ParamSpec, Scalar
 from hpload.scenarios.tuning import REPEATS_BEFORE_EXPLORING, Outcome, Proposal, Tuner
-from hpload.servers.settings import ServerSettings
+from hpload.servers.kinds import ServerSettings
 
 SHARED_WAIT_S = 900.0
 

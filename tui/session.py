@@ -22,7 +22,7 @@ from hpload.errors import HploadError, one_line
 from hpload.loadgen.snapshot import Snapshot
 from hpload.loadgen.specs import LoadSpec, WorkloadSpec
 from hpload.scenarios.schema import Scenario
-from hpload.servers.settings import ServerSettings
+from hpload.servers.kinds import ServerSettings
 from hpload.tui.feed import Feed, PointDone, ServerState
 
 if TYPE_CHECKING:

@@ -18,20 +18,14 @@ log = logging.getLogger("hpload.hf")
 
 
 def hf_argv(settings: HFSettings, model_dir: str, port: int) -> list[str]:
-    """``hpload serve hf`` flags for these settings (everything but the API key)."""
-    s = settings
-    argv = ["--model", model_dir, "--host", s.host, "--port", str(port), "--mode", s.mode]
-    argv += ["--batch-size", str(s.batch_size), "--max-batch-wait-ms", str(s.max_batch_wait_ms)]
-    argv += ["--dtype", s.dtype, "--max-new-tokens-limit", str(s.max_new_tokens_limit), "--load-format", s.load_format]
-    argv += ["--label", s.label]
+    """``hpload serve hf`` flags for these settings (everything but the API key), built from the settings model
+    itself, so a new setting reaches the child with no edit here."""
+    from hpload.servers.cli import settings_flags
+
+    s = settings.model_copy(update={"model": model_dir})
+    argv = ["--host", s.host, "--port", str(port), "--label", s.label, *settings_flags(s)]
     if s.served_model_name:
         argv += ["--served-model-name", s.served_model_name]
-    if s.device:
-        argv += ["--device", s.device]
-    if s.device_map:
-        argv += ["--device-map", s.device_map]
-    if s.torch_threads:
-        argv += ["--torch-threads", str(s.torch_threads)]
     return argv
 
 
