@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpload.loadgen.slo import Limit
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
 from hpload.scenarios.space import ParamSpec
 from hpload.servers.kinds import KINDS, ServerSettings
@@ -33,13 +34,7 @@ class Threshold(_Strict):
     limit: float
 
     def check(self, value: float) -> bool:
-        return {
-            "<": value < self.limit,
-            "<=": value <= self.limit,
-            ">": value > self.limit,
-            ">=": value >= self.limit,
-            "==": value == self.limit,
-        }[self.op]
+        return Limit(self.metric, self.op, self.limit).holds(value)
 
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.limit:g}"

@@ -59,13 +59,6 @@ class RunPlan:
         return self.scenario.load
 
 
-class _SummaryView:
-    """What ``SLO.violations`` reads from a result: its summary."""
-
-    def __init__(self, summary: dict[str, Any]) -> None:
-        self.summary = summary
-
-
 class Session:
     """Runs a plan once. ``stop()`` may be called from any thread, before, during or after ``run()``."""
 
@@ -164,9 +157,10 @@ class Session:
     def _violations(self, record: PointRecord) -> list[str]:
         if not record.ok:
             return []
+        from hpload.loadgen.slo import violations
         from hpload.scenarios.runner import check_thresholds
 
-        found = self.plan.scenario.slo.violations(_SummaryView(record.summary))  # type: ignore[arg-type]
+        found = violations(self.plan.scenario.slo, record.summary)
         with contextlib.suppress(HploadError):
             found += check_thresholds(self.plan.scenario.threshold_list(), record)
         return found
