@@ -21,7 +21,7 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import IO, Any
 
-import httpx2 as httpx
+import httpx2
 
 from hpload.loadgen import prom
 from hpload.loadgen.client import RequestRecord, send_request
@@ -107,21 +107,21 @@ def run_config(target: Target, workload: WorkloadSpec, load: LoadSpec, slo: SLO 
     }
 
 
-def make_clients(load: LoadSpec, streams: int, url: str = "http://") -> list[httpx.AsyncClient]:
+def make_clients(load: LoadSpec, streams: int, url: str = "http://") -> list[httpx2.AsyncClient]:
     """The HTTP clients for one process. Default: one httpx client over :class:`LeanTransport` (chosen by
     benchmarks/bench_loadgen_capacity.py). HTTPS targets, or ``HPLOAD_LOADGEN_TRANSPORT=httpcore``, get httpx's own
     pool, sharded, because that pool does work per connection on every request, so small pools scale better."""
-    timeout = httpx.Timeout(connect=load.connect_timeout_s, read=None, write=load.connect_timeout_s, pool=None)
+    timeout = httpx2.Timeout(connect=load.connect_timeout_s, read=None, write=load.connect_timeout_s, pool=None)
     lean = url.startswith("http://") and os.environ.get("HPLOAD_LOADGEN_TRANSPORT", "lean") != "httpcore"
     if lean:
         transport = LeanTransport(keepalive_expiry_s=load.keepalive_expiry_s, connect_timeout_s=load.connect_timeout_s)
-        return [httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)]
+        return [httpx2.AsyncClient(transport=transport, timeout=timeout, trust_env=False)]
     shards = max(1, math.ceil(streams / STREAMS_PER_CLIENT))
     per_shard = math.ceil(streams / shards) + 4
-    limits = httpx.Limits(
+    limits = httpx2.Limits(
         max_connections=None, max_keepalive_connections=per_shard, keepalive_expiry=load.keepalive_expiry_s
     )
-    return [httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) for _ in range(shards)]
+    return [httpx2.AsyncClient(timeout=timeout, limits=limits, trust_env=False) for _ in range(shards)]
 
 
 class LoadRun:
@@ -160,7 +160,7 @@ class LoadRun:
         self._measured = 0  # requests issued outside the warm-up: num_requests counts these
         self._warmup_n = share.split(load.warmup_requests)
         self._limit_n = share.split(load.num_requests) if load.num_requests is not None else None
-        self._clients: list[httpx.AsyncClient] = []
+        self._clients: list[httpx2.AsyncClient] = []
         self._t0 = 0
         self._end_ns = 0
         self._warm_end_ns = 0

@@ -95,7 +95,7 @@ def child_main() -> int:
     return 0
 
 
-class EngineProcess:
+class ChildRun:
     """Parent-side handle. ``run()`` blocks (call it from a thread worker) until the child has exited."""
 
     def __init__(self, plan: RunPlan, feed: Feed, *, results_root: Path | None = None) -> None:
