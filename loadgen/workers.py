@@ -215,5 +215,5 @@ async def _worker(
         q.put(("delta", index, (recorder.delta(), h, phase)))
 
     # The parent's halt is seen at the next tick (every interval_s): soon enough, and no polling task.
-    result = await run.execute(snapshot_interval_s=interval_s, stop=stop, tick=tick)
+    result = await run.execute(publish=tick, snapshot_interval_s=interval_s, stop=stop)
     q.put(("result", index, result.to_dict()))
