@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from hpload.errors import HploadError
 from hpload.servers.base import ProcessServer
@@ -35,16 +34,9 @@ def resolve_model_dir(model: str | None) -> str:
     return str(resolve_model(model))
 
 
-class HFServer(ProcessServer):
-    def __init__(self, settings: HFSettings, *, workdir: Path | None = None) -> None:
-        super().__init__(
-            label=settings.label, port=settings.port, workdir=workdir, startup_timeout_s=settings.startup_timeout_s
-        )
-        self.settings = settings
-        self.host = settings.host
-        self.model_dir = resolve_model_dir(settings.model)
-        self.model = settings.served_model_name or self.model_dir
-        self.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+class HFServer(ProcessServer[HFSettings]):
+    def local_model_dir(self, model: str | None) -> str:
+        return resolve_model_dir(model)
 
     def argv(self, port: int) -> list[str]:
         return [sys.executable, "-m", "hpload", "serve", "hf", *hf_argv(self.settings, self.model_dir, port)]
