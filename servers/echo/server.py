@@ -96,7 +96,7 @@ class EchoStats:
     """What /metrics reports. TTFT is from the request's kernel arrival to its first write; lateness is per write."""
 
     def __init__(self) -> None:
-        # Deferred: hist pulls numpy, hdrh and the loadgen package, which echo_launcher (imported for API_KEY_ENV)
+        # Deferred: hist pulls numpy, hdrh and the loadgen package, which echo.launcher (imported for API_KEY_ENV)
         # does not need.
         import numpy as np
 
