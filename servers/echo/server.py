@@ -774,13 +774,17 @@ def _tight_timer_slack() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from hpload.servers.settings import EchoSettings
+
+    defaults = EchoSettings()  # the echo defaults have one home: the settings model
     p = argparse.ArgumentParser(prog="python -m hpload.servers.echo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default=defaults.host)
     p.add_argument("--port", type=int, default=8100)
-    p.add_argument("--ttft-ms", type=float, default=20.0, help="delay from request to first token")
-    p.add_argument("--itl-ms", type=float, default=5.0, help="delay between tokens")
-    p.add_argument("--output-tokens", type=int, default=64, help="tokens per reply when a request sets no max_tokens")
-    p.add_argument("--model", default="echo", help="the model name /v1/models lists")
+    p.add_argument("--ttft-ms", type=float, default=defaults.ttft_ms, help="delay from request to first token")
+    p.add_argument("--itl-ms", type=float, default=defaults.itl_ms, help="delay between tokens")
+    p.add_argument("--output-tokens", type=int, default=defaults.output_tokens,
+                   help="tokens per reply when a request sets no max_tokens")
+    p.add_argument("--model", default=defaults.served_model_name, help="the model name /v1/models lists")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     p.add_argument("--precise", action="store_true", help="microsecond timers (select() on epoll, no timer slack)")
     p.add_argument("--trace", default=None, metavar="FILE",
