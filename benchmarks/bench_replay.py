@@ -80,7 +80,7 @@ def role_client(args: argparse.Namespace) -> None:
     coro = run_load(Target(args.url, "echo"), workload, load)
     if args.precise:
         # The echo server's microsecond-timer loop: asyncio's default epoll loop rounds every wait up to a whole ms.
-        from hpload.servers.echo import _precise_selector, _tight_timer_slack
+        from hpload.servers.echo.server import _precise_selector, _tight_timer_slack
 
         _tight_timer_slack()
         with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(_precise_selector())) as runner:

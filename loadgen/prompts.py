@@ -18,8 +18,8 @@ import json
 import random
 from typing import Any
 
+from hpload.loadgen.prepared import _WORDS, PreparedRequest, load_tokenizer
 from hpload.loadgen.specs import Target, WorkloadSpec
-from hpload.loadgen.workload import _WORDS, PreparedRequest, load_tokenizer
 
 
 class PromptMaker:

@@ -8,13 +8,15 @@ readers are unaffected.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hpload.loadgen.lengths import summarize
 from hpload.loadgen.result import RunResult
-from hpload.loadgen.workload import PreparedRequest
+
+if TYPE_CHECKING:  # workload builds sessions, whose run is a LoadRun, which attaches these stats
+    from hpload.loadgen.prepared import PreparedRequest
 
 
 def ks_statistic(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> float:

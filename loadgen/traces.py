@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hpload.errors import HploadError
+from hpload.loadgen.prepared import PreparedRequest
 from hpload.loadgen.specs import LoadSpec, Target, WorkloadSpec
-from hpload.loadgen.workload import PreparedRequest
 
 FORMATS = ("mooncake", "azure", "burstgpt", "hpload")
 

@@ -11,41 +11,18 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpload.errors import HploadError
+from hpload.loadgen.prepared import _WORDS, PreparedRequest, load_tokenizer
 from hpload.loadgen.specs import Target, WorkloadSpec
 
-_WORDS = (
-    "the of and to in is that for it as was with be by on not he this are or his from at which but have an they"
-    " you were her she there been one all we their has would when if so no will more can out other into some time"
-).split()
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
-    body: bytes
-    expected_in: int | None  # prompt tokens by the client tokenizer (completions endpoint only)
-    at_s: float | None = None  # a trace's send time (source = "trace"), before the load's scaling
-    input_len: int | None = None  # the asked prompt length, where the workload sets one per request
-    output_len: int | None = None
+__all__ = ["PreparedRequest", "build_requests", "endpoint_path", "load_tokenizer"]
 
 
 def endpoint_path(spec: WorkloadSpec) -> str:
     return "/v1/chat/completions" if spec.endpoint == "chat" else "/v1/completions"
-
-
-def load_tokenizer(path: str | Path) -> Any:
-    """A ``tokenizers.Tokenizer`` from a model directory or a tokenizer.json file."""
-    from tokenizers import Tokenizer
-
-    p = Path(path)
-    file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.is_file():
-        raise HploadError(f"tokenizer_path: no tokenizer.json at {p}; fix: point it at a model directory")
-    return Tokenizer.from_file(str(file))
 
 
 def _synthetic_lengths(spec: WorkloadSpec, rng: random.Random, n: int) -> list[int]:
@@ -117,7 +94,7 @@ def build_requests(spec: WorkloadSpec, target: Target) -> list[PreparedRequest]:
     """The request bodies for a run, cycled in order. Deterministic for a given ``spec.seed``."""
     rng = random.Random(spec.seed)
     if spec.source == "sessions":
-        from hpload.loadgen.sessions import build_sessions
+        from hpload.loadgen.conversations import build_sessions
 
         return build_sessions(spec, target)
     if spec.source in ("trace", "shared_prefix"):
