@@ -215,6 +215,11 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord, stamps: Any) ->
                 rec.fail(STREAM, f"error in stream: {msg}")
                 continue
             choices = obj.get("choices")
+            if choices and obj.get("usage") and _is_finish_only(choices[0]):
+                # `transformers serve` ends with one chunk holding usage, an empty choice and the finish reason, and
+                # sends no [DONE]: that chunk is the usage trailer (no token) and the end of the stream.
+                choices = None
+                done = True
             if choices:
                 if rec.first_ns:
                     itl.append(now - rec.last_ns)
@@ -231,6 +236,13 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord, stamps: Any) ->
         rec.fail(STREAM, "stream ended before [DONE]")
     elif not rec.first_ns and rec.ok:
         rec.fail(STREAM, "stream carried no tokens")
+
+
+def _is_finish_only(choice: Any) -> bool:
+    if not isinstance(choice, dict) or not choice.get("finish_reason") or choice.get("token_ids"):
+        return False
+    delta = choice.get("delta")
+    return not choice.get("text") and not (isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")))
 
 
 def _read_whole(raw: bytes, rec: RequestRecord) -> None:

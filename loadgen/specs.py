@@ -29,6 +29,7 @@ class Target:
     label: str = ""
     metrics_url: str | None = None
     tokenizer_path: str | None = None  # a model dir or tokenizer.json; synthetic prompts are measured with it
+    omit_fields: tuple[str, ...] = ()  # request fields this server refuses (e.g. ignore_eos): never sent to it
 
 
 class WorkloadSpec(_Strict):

@@ -41,10 +41,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KIND|URL",
-        help="run against these servers instead of the scenario's: vllm, hf, echo, or the URL of a running "
+        help="run against these servers instead of the scenario's: vllm, hf, transformers, echo, or the URL of a running "
         "OpenAI-compatible server (repeat for several)",
     )
-    parser.add_argument("--model", metavar="DIR", help="model directory for vllm/hf servers (default: the tiny model)")
+    parser.add_argument("--model", metavar="DIR", help="model directory for vllm/hf/transformers servers (default: the tiny model)")
     load = parser.add_argument_group("load (override the scenario's [load] and [workload])")
     load.add_argument("--concurrency", type=int, metavar="N", help="closed loop: requests in flight")
     load.add_argument("--rate", type=float, metavar="REQ_S", help="open loop: requests per second (Poisson)")
@@ -67,10 +67,12 @@ def server_table(spec: str, base: list[dict[str, Any]], model: str | None) -> di
 
     if spec.startswith(("http://", "https://")):
         return {"kind": "external", "label": "external", "url": spec.rstrip("/")}
-    if spec not in ("vllm", "hf", "echo"):
-        raise HploadError(f"--server {spec}: not a server kind or URL; fix: use vllm, hf, echo or http://HOST:PORT")
+    if spec not in ("vllm", "hf", "transformers", "echo"):
+        raise HploadError(
+            f"--server {spec}: not a server kind or URL; fix: use vllm, hf, transformers, echo or http://HOST:PORT"
+        )
     table = next((dict(t) for t in base if t.get("kind") == spec), {"kind": spec, "label": spec})
-    if model and spec in ("vllm", "hf"):
+    if model and spec in ("vllm", "hf", "transformers"):
         table["model"] = model
     return table
 
@@ -84,7 +86,7 @@ def flag_edits(args: argparse.Namespace) -> Any:
             data["servers"] = [server_table(s, base, args.model) for s in args.server]
         elif args.model:
             for table in data.get("servers") or []:
-                if table.get("kind") in ("vllm", "hf"):
+                if table.get("kind") in ("vllm", "hf", "transformers"):
                     table["model"] = args.model
         for flag, path in _LOAD_FLAGS.items():
             value = getattr(args, flag)
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from hpload.errors import HploadError, ThresholdFailed
     from hpload.scenarios.console import ConsoleProgress
     from hpload.scenarios.loader import ScenarioError, load_scenario
-    from hpload.scenarios.runner import default_results_dir, run_scenario
+    from hpload.scenarios.runner import default_results_dir, run_scenario, scenario_caveats
 
     try:
         loaded = load_scenario(args.scenario or "quickstart", args.overrides, flag_edits(args))
@@ -160,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
     scenario = loaded.scenario
     if scenario.tune is not None and scenario.sweep is None:
         sys.stderr.write(f"hpload run: note: {scenario.name} has a [tune] table; 'hpload tune' runs the study\n")
+    for line in scenario_caveats(scenario):
+        sys.stderr.write(f"hpload run: warning: {line}\n")
     results_dir = Path(args.results) if args.results else default_results_dir(scenario)
     progress = ConsoleProgress(quiet=args.quiet)
     where = loaded.path or scenario.name

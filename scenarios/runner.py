@@ -60,7 +60,7 @@ def default_results_dir(scenario: Scenario) -> Path:
 
 def tokenizer_path(settings: ServerSettings) -> str | None:
     """The model directory the client measures synthetic prompts with (managed local models only)."""
-    if settings.kind not in ("vllm", "hf"):
+    if settings.kind not in ("vllm", "hf", "transformers"):
         return None
     model = getattr(settings, "model", None)
     if model:
@@ -87,7 +87,7 @@ class ServerKeeper:
         from hpload.servers import make_server
 
         self._listener.server_starting(settings)
-        if settings.kind in ("vllm", "hf") and getattr(settings, "model", None) is None:
+        if settings.kind in ("vllm", "hf", "transformers") and getattr(settings, "model", None) is None:
             from hpload.model import ensure_tiny_model
 
             await asyncio.to_thread(ensure_tiny_model)
@@ -112,7 +112,21 @@ def target_for(server: Server, settings: ServerSettings) -> Target:
         label=server.label,
         metrics_url=server.metrics_url,
         tokenizer_path=tokenizer_path(settings),
+        omit_fields=server.unsupported_request_fields,
     )
+
+
+def server_caveats(settings: ServerSettings, workload: WorkloadSpec) -> list[str]:
+    """One line per workload setting this server cannot honour: on each result, and before a scenario runs."""
+    if settings.kind == "transformers":
+        from hpload.servers.transformers_serve import request_caveats
+
+        return request_caveats(settings.label, workload)
+    return []
+
+
+def scenario_caveats(scenario: Scenario) -> list[str]:
+    return [line for s in scenario.servers for line in server_caveats(s, scenario.workload)]
 
 
 async def measure(
@@ -144,6 +158,7 @@ async def measure(
                 requests_path=requests_path,
             )  # fmt: skip
         result.gpu = gpu.summary()
+        result.warnings += server_caveats(server_settings, workload)
     except ServerError as err:
         await keeper.close()
         return None, one_line(str(err), 300)

@@ -16,10 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
 from hpload.scenarios.space import ParamSpec
 from hpload.servers.settings import EchoSettings, ExternalSettings, HFSettings, ServerSettings, VllmSettings
+from hpload.servers.transformers_serve import TransformersSettings
 
 SERVER_MODELS: dict[str, type[BaseModel]] = {
     "vllm": VllmSettings,
     "hf": HFSettings,
+    "transformers": TransformersSettings,
     "echo": EchoSettings,
     "external": ExternalSettings,
 }

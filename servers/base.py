@@ -40,6 +40,7 @@ class Server(abc.ABC):
     metrics_url: str | None = None
     log_path: Path | None = None
     startup_timeout_s: float = 60.0
+    unsupported_request_fields: tuple[str, ...] = ()  # workload fields the server refuses; the client omits them
 
     def __init__(self) -> None:
         self._base_url: str | None = None

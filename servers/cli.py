@@ -18,7 +18,7 @@ from hpload.errors import HploadError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    kinds = parser.add_subparsers(dest="kind", required=True, metavar="{hf,echo,vllm}")
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="{hf,echo,vllm,transformers}")
 
     hf = kinds.add_parser("hf", help="hpload's OpenAI-compatible server around a transformers model")
     hf.add_argument("--model", default=None, help="local model directory (default: the embedded tiny model)")
@@ -52,6 +52,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     vllm.add_argument("extra_args", nargs=argparse.REMAINDER, help="-- then any other vLLM flags")
     _common(vllm, default_label="vllm")
 
+    from hpload.servers.transformers_serve import configure_cli
+
+    configure_cli(kinds)
+
 
 def _common(parser: argparse.ArgumentParser, *, default_label: str) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -63,13 +67,16 @@ def _common(parser: argparse.ArgumentParser, *, default_label: str) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    from hpload.servers.settings import EchoSettings, HFSettings, VllmSettings
+    from hpload.servers.settings import EchoSettings, HFSettings, TransformersSettings, VllmSettings
 
     values = {k: v for k, v in vars(args).items() if k not in ("kind", "command") and v is not None}
     if "api_key" not in values and os.environ.get("HPLOAD_API_KEY"):
         values["api_key"] = os.environ["HPLOAD_API_KEY"]
-    cls: type[Any] = {"hf": HFSettings, "echo": EchoSettings, "vllm": VllmSettings}[args.kind]
-    if args.kind == "vllm":
+    cls: type[Any] = {"hf": HFSettings, "echo": EchoSettings, "vllm": VllmSettings,
+                      "transformers": TransformersSettings}[args.kind]
+    if "api_key" in values and "api_key" not in cls.model_fields:
+        values.pop("api_key")  # a key in hpload's environment does not apply to a server without auth
+    if args.kind in ("vllm", "transformers"):
         values["extra_args"] = [a for a in values.get("extra_args", []) if a != "--"]
     if args.kind == "hf" and "port" not in values:
         values["port"] = 8000

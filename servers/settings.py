@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from hpload.servers.transformers_serve import TransformersSettings
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -97,4 +99,6 @@ class ExternalSettings(_Strict):
     startup_timeout_s: float = Field(default=30.0, gt=0)
 
 
-ServerSettings = Annotated[VllmSettings | HFSettings | EchoSettings | ExternalSettings, Field(discriminator="kind")]
+ServerSettings = Annotated[
+    VllmSettings | HFSettings | TransformersSettings | EchoSettings | ExternalSettings, Field(discriminator="kind")
+]

@@ -19,7 +19,7 @@ from hpload.errors import HploadError
 from hpload.scenarios.schema import Scenario
 from hpload.tui.session import RunPlan
 
-SERVER_KINDS = ("echo", "hf", "vllm", "external")
+SERVER_KINDS = ("echo", "hf", "vllm", "transformers", "external")
 QUICKSTART = "quickstart"
 
 
@@ -137,4 +137,6 @@ def apply_knobs(plan: RunPlan, knobs: Knobs) -> RunPlan:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"] if not str(p).endswith("Settings"))
         raise HploadError(f"{loc}: {first['msg']}; fix: change that knob") from None
-    return replace(plan, scenario=scenario)
+    from hpload.scenarios.runner import scenario_caveats
+
+    return replace(plan, scenario=scenario, notes=tuple(dict.fromkeys([*plan.notes, *scenario_caveats(scenario)])))

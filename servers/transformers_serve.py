@@ -1,0 +1,260 @@
+"""HuggingFace's own OpenAI-compatible server, ``transformers serve``, as a supervised subprocess (kind "transformers").
+
+Everything this kind needs lives here: its typed settings, the check that the installed transformers offers each
+setting (before anything starts), the launcher, its ``hpload serve transformers`` flags, and what the server cannot
+do. Other modules only register it (one line each).
+
+What the installed server (transformers 5.19) does with a request, read from its source and checked by a test:
+- ``ignore_eos``, ``min_tokens`` and ``return_token_ids`` are not in its request schema: a request carrying them is
+  refused with HTTP 422. hpload leaves them out for this server, so output lengths are not fixed (the model may stop
+  at EOS); each result and the scenario say so.
+- ``stream_options`` is ignored, but every stream ends with a usage chunk anyway, so token counts come from the
+  server's usage as for vLLM. That chunk carries an empty choice with the finish reason: it is the usage trailer,
+  not a token (the client skips it).
+- Streams end without ``data: [DONE]``: the end of the body ends the stream.
+- No Prometheus ``/metrics``, no API key, and no served-model-name: the model id is the path it was started with.
+- Weights must exist: a config-only directory (``hpload model like``) or ``load_format = "dummy"`` gets random
+  weights staged once into the server's work directory by the launched process itself, then loaded like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpload.errors import HploadError
+from hpload.servers.base import ProcessServer
+
+KIND = "transformers"
+# Request fields the installed server refuses (422) although hpload's workload can send them; the loadgen omits them.
+UNSUPPORTED_REQUEST_FIELDS = ("ignore_eos", "min_tokens", "return_token_ids")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class TransformersSettings(BaseModel):
+    """``transformers serve`` (HuggingFace's OpenAI-compatible server), started as a supervised process group."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    kind: Literal["transformers"] = "transformers"
+    label: str = "transformers"
+    model: str | None = None  # a local model directory; None = the embedded tiny model
+    dtype: str = "auto"  # auto, float32, bfloat16, float16
+    device: str | None = None  # cpu, cuda, cuda:1, auto; None = the server's default (auto)
+    continuous_batching: bool = False  # paged-attention continuous batching, tuned by the cb_* settings
+    cb_block_size: int | None = Field(default=None, gt=0)  # KV-cache block size in tokens
+    cb_num_blocks: int | None = Field(default=None, gt=0)  # KV-cache blocks
+    cb_max_batch_tokens: int | None = Field(default=None, gt=0)  # most tokens per batch
+    cb_max_memory_percent: float | None = Field(default=None, gt=0, le=1)  # GPU memory fraction for the KV cache
+    cb_use_cuda_graph: bool | None = None
+    attn_implementation: str | None = None  # eager, sdpa, flash_attention_2, flex_attention, ...
+    compile: bool = False  # torch.compile with a static cache
+    quantization: Literal["bnb-4bit", "bnb-8bit"] | None = None
+    trust_remote_code: bool = False
+    default_seed: int | None = None
+    load_format: Literal["auto", "dummy"] = "auto"  # dummy = random weights from config.json
+    torch_threads: int | None = Field(default=None, ge=1)  # OMP threads for torch; None = torch's default
+    extra_args: list[str] = Field(default_factory=list)  # any other `transformers serve` flag, passed as given
+    env: dict[str, str] = Field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)  # None = a free port
+    startup_timeout_s: float = Field(default=300.0, gt=0)
+
+
+# settings field -> the keyword of transformers' ``Serve.__init__`` it maps to (its flag is that name, dashed)
+_VALUED = ("dtype", "device", "cb_block_size", "cb_num_blocks", "cb_max_batch_tokens", "cb_max_memory_percent",
+           "attn_implementation", "quantization", "default_seed")
+_BOOLS = ("continuous_batching", "compile", "trust_remote_code", "cb_use_cuda_graph")
+
+
+@functools.cache
+def installed_options() -> tuple[str, frozenset[str]]:
+    """(transformers version, the keywords its ``transformers serve`` takes), read from the source without importing
+    transformers (seconds of import for a check that must come before any start)."""
+    try:
+        version = importlib.metadata.version("transformers")
+        spec = importlib.util.find_spec("transformers")
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise HploadError("server kind 'transformers': transformers is not installed; fix: pip install 'transformers[serving]'")
+    source = Path(next(iter(spec.submodule_search_locations))) / "cli" / "serve.py"
+    if not source.is_file():
+        raise HploadError(f"server kind 'transformers': transformers {version} has no `transformers serve`; "
+                          "fix: install transformers >= 5")
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "Serve":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    args = item.args
+                    return version, frozenset(a.arg for a in [*args.args, *args.kwonlyargs] if a.arg != "self")
+    raise HploadError(f"server kind 'transformers': cannot read the options of transformers {version}'s serve "
+                      "command; fix: install a transformers release with `transformers serve`")
+
+
+def check_supported(settings: TransformersSettings) -> None:
+    """Refuse, in one line naming the setting and the version, a setting the installed server lacks."""
+    version, options = installed_options()
+    defaults = TransformersSettings.model_fields
+    for field in (*_VALUED, *_BOOLS):
+        value = getattr(settings, field)
+        if value is None or value == defaults[field].default:
+            continue
+        if field not in options:
+            raise HploadError(f"servers.{settings.label}.{field}: the installed transformers {version} has no "
+                              f"--{field.replace('_', '-')} in `transformers serve`; fix: remove it or upgrade transformers")
+    if importlib.util.find_spec("accelerate") is None:
+        # transformers serve always loads with a device_map, which needs accelerate.
+        raise HploadError("server kind 'transformers': `transformers serve` needs the accelerate package; "
+                          "fix: pip install accelerate")
+
+
+def serve_args(settings: TransformersSettings, model_dir: str, port: int) -> list[str]:
+    """The ``transformers serve`` arguments: the model is forced (preloaded before the port opens)."""
+    s = settings
+    argv = [model_dir, "--host", s.host, "--port", str(port), "--log-level", "info"]
+    for field in _VALUED:
+        value = getattr(s, field)
+        if value is not None:
+            argv += [f"--{field.replace('_', '-')}", str(value)]
+    for field in _BOOLS:
+        value = getattr(s, field)
+        flag = field.replace("_", "-")
+        if value is not None and value != TransformersSettings.model_fields[field].default:
+            argv.append(f"--{flag}" if value else f"--no-{flag}")
+    return argv + s.extra_args
+
+
+def has_weights(model_dir: Path) -> bool:
+    return any((model_dir / name).is_file() for name in WEIGHT_FILES)
+
+
+class TransformersServer(ProcessServer):
+    unsupported_request_fields = UNSUPPORTED_REQUEST_FIELDS
+
+    def __init__(self, settings: TransformersSettings, *, workdir: Path | None = None) -> None:
+        super().__init__(
+            label=settings.label, port=settings.port, workdir=workdir, startup_timeout_s=settings.startup_timeout_s
+        )
+        check_supported(settings)
+        from hpload.model import resolve_model
+
+        self.settings = settings
+        self.host = settings.host
+        self.source_dir = resolve_model(settings.model)
+        self.stage_dummy = settings.load_format == "dummy" or not has_weights(self.source_dir)
+        self._staged: Path | None = None
+        self.model = str(self.source_dir)
+
+    async def start(self) -> None:
+        if self.stage_dummy:
+            # The random weights are made by the launched process (torch stays out of hpload's own process); the
+            # directory is named now because the model id the server answers to is this path.
+            base = self._workdir if self._workdir is not None else None
+            if base is not None:
+                base.mkdir(parents=True, exist_ok=True)
+            self._staged = Path(tempfile.mkdtemp(prefix=f"{self.label}-dummy-", dir=base))
+            self.model = str(self._staged)
+        await super().start()
+        self.metrics_url = None  # it serves no /metrics
+
+    def argv(self, port: int) -> list[str]:
+        # -c, not -m: the package's __init__ imports this module too, and -m would run a second copy of it.
+        argv = [sys.executable, "-c", "import sys; from hpload.servers.transformers_serve import main; "
+                "sys.exit(main(sys.argv[1:]))"]
+        if self._staged is not None:
+            argv += ["--stage-dummy", str(self.source_dir), str(self._staged), "--dtype", self.settings.dtype]
+        return [*argv, "--", "serve", *serve_args(self.settings, self.model, port)]
+
+    def env(self) -> dict[str, str]:
+        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "DO_NOT_TRACK": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+        if self.settings.torch_threads:
+            env["OMP_NUM_THREADS"] = str(self.settings.torch_threads)
+        env.update(self.settings.env)
+        return env
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._staged is not None:
+            shutil.rmtree(self._staged, ignore_errors=True)
+
+
+def request_caveats(label: str, workload: Any) -> list[str]:
+    """One line per workload setting this server cannot honour (empty when the workload asks for none)."""
+    asked = [f for f in UNSUPPORTED_REQUEST_FIELDS if getattr(workload, f, None) not in (None, False)]
+    if not asked:
+        return []
+    version = installed_options()[0]
+    return [f"server '{label}' (transformers serve {version}) does not take {', '.join(asked)}: not sent, so output "
+            "lengths are not fixed (requests may stop at EOS); output tokens are the server's own streamed counts"]
+
+
+# ---- `hpload serve transformers` ----
+
+
+def configure_cli(kinds: Any) -> None:
+    """Add the ``transformers`` subcommand to ``hpload serve``."""
+    p = kinds.add_parser("transformers", help="HuggingFace's `transformers serve`, supervised (flags after -- go to it)")
+    p.add_argument("--model", default=None, help="local model directory (default: the embedded tiny model)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, auto (default: the server's auto)")
+    p.add_argument("--continuous-batching", action="store_true", default=None, help="paged continuous batching")
+    for name in ("cb-block-size", "cb-num-blocks", "cb-max-batch-tokens"):
+        p.add_argument(f"--{name}", type=int, default=None)
+    p.add_argument("--cb-max-memory-percent", type=float, default=None)
+    p.add_argument("--attn-implementation", default=None, help="eager, sdpa, flash_attention_2, ...")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile with a static cache")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default=None, help="dummy = random weights")
+    p.add_argument("--torch-threads", type=int, default=None, help="OMP threads for torch")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.add_argument("--label", default="transformers", help=argparse.SUPPRESS)
+    p.add_argument("extra_args", nargs=argparse.REMAINDER, help="-- then any other `transformers serve` flags")
+
+
+# ---- the launched process: stage random weights when asked, then run transformers' own CLI in this process ----
+
+
+def _stage_dummy(source: Path, dest: Path, dtype: str) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(source))
+    torch_dtype = None if dtype == "auto" else getattr(torch, dtype, None)
+    AutoModelForCausalLM.from_config(config, dtype=torch_dtype).save_pretrained(str(dest))
+    for item in source.iterdir():
+        if item.is_file() and not (dest / item.name).exists():
+            shutil.copy2(item, dest / item.name)
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv:
+        raise SystemExit("usage: python -m hpload.servers.transformers_serve [--stage-dummy SRC DST --dtype D] -- serve ...")
+    cut = argv.index("--")
+    ours, theirs = argv[:cut], argv[cut + 1 :]
+    if ours[:1] == ["--stage-dummy"]:
+        print(f"hpload: staging random weights for {ours[1]} in {ours[2]}", flush=True)
+        _stage_dummy(Path(ours[1]), Path(ours[2]), ours[4] if len(ours) > 4 else "auto")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.cli.transformers import main as transformers_main
+
+    sys.argv = ["transformers", *theirs]
+    transformers_main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
