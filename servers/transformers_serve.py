@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from hpload.errors import HploadError
 from hpload.servers.base import ProcessServer
@@ -40,6 +40,11 @@ KIND = "transformers"
 # Request fields the installed server refuses (422) although hpload's workload can send them; the loadgen omits them.
 UNSUPPORTED_REQUEST_FIELDS = ("ignore_eos", "min_tokens", "return_token_ids")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+# settings field -> the keyword of transformers' ``Serve.__init__`` it maps to (its flag is that name, dashed)
+_VALUED = ("dtype", "device", "cb_block_size", "cb_num_blocks", "cb_max_batch_tokens", "cb_max_memory_percent",
+           "attn_implementation", "quantization", "default_seed")
+_BOOLS = ("continuous_batching", "compile", "trust_remote_code", "cb_use_cuda_graph")
 
 
 class TransformersSettings(BaseModel):
@@ -71,11 +76,19 @@ class TransformersSettings(BaseModel):
     port: int | None = Field(default=None, ge=0, le=65535)  # None = a free port
     startup_timeout_s: float = Field(default=300.0, gt=0)
 
-
-# settings field -> the keyword of transformers' ``Serve.__init__`` it maps to (its flag is that name, dashed)
-_VALUED = ("dtype", "device", "cb_block_size", "cb_num_blocks", "cb_max_batch_tokens", "cb_max_memory_percent",
-           "attn_implementation", "quantization", "default_seed")
-_BOOLS = ("continuous_batching", "compile", "trust_remote_code", "cb_use_cuda_graph")
+    @field_validator(*_VALUED, *_BOOLS)
+    @classmethod
+    def _installed_has_it(cls, value: Any, info: ValidationInfo) -> Any:
+        # A setting this transformers lacks fails while the scenario or the flags are read, before any server
+        # starts. Without transformers at all, parsing still works (a file can be checked elsewhere).
+        name = str(info.field_name)
+        if value is None or value == cls.model_fields[name].default or importlib.util.find_spec("transformers") is None:
+            return value
+        version, options = installed_options()
+        if name not in options:
+            raise ValueError(f"the installed transformers {version} has no --{name.replace('_', '-')} in "
+                             "`transformers serve`; fix: remove it or upgrade transformers")
+        return value
 
 
 @functools.cache
@@ -104,8 +117,8 @@ def installed_options() -> tuple[str, frozenset[str]]:
                       "command; fix: install a transformers release with `transformers serve`")
 
 
-def check_supported(settings: TransformersSettings) -> None:
-    """Refuse, in one line naming the setting and the version, a setting the installed server lacks."""
+def unsupported_setting(settings: TransformersSettings) -> str | None:
+    """One line naming the first set setting the installed ``transformers serve`` lacks, with the version."""
     version, options = installed_options()
     defaults = TransformersSettings.model_fields
     for field in (*_VALUED, *_BOOLS):
@@ -113,8 +126,16 @@ def check_supported(settings: TransformersSettings) -> None:
         if value is None or value == defaults[field].default:
             continue
         if field not in options:
-            raise HploadError(f"servers.{settings.label}.{field}: the installed transformers {version} has no "
-                              f"--{field.replace('_', '-')} in `transformers serve`; fix: remove it or upgrade transformers")
+            return (f"{field}: the installed transformers {version} has no --{field.replace('_', '-')} in "
+                    "`transformers serve`; fix: remove it or upgrade transformers")
+    return None
+
+
+def check_supported(settings: TransformersSettings) -> None:
+    """Refuse what the installed server cannot start with, before anything starts."""
+    problem = unsupported_setting(settings)
+    if problem:
+        raise HploadError(f"servers.{settings.label}.{problem}")
     if importlib.util.find_spec("accelerate") is None:
         # transformers serve always loads with a device_map, which needs accelerate.
         raise HploadError("server kind 'transformers': `transformers serve` needs the accelerate package; "

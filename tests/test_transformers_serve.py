@@ -1,0 +1,180 @@
+"""HuggingFace's `transformers serve` (kind "transformers") as a real subprocess on the tiny model (CPU).
+
+Both batching modes stream tokens whose count matches what hpload reports; the request fields it refuses are left
+out and said so; a setting the installed version lacks is refused before anything starts; config-only model
+directories get random weights; the three engines run side by side in one scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
+from hpload.scenarios.runner import ServerKeeper, measure
+from hpload.servers import Server, TransformersSettings
+
+pytestmark = pytest.mark.slow
+
+HPLOAD = [sys.executable, "-m", "hpload"]
+
+
+async def _stream(base_url: str, model: str, max_tokens: int) -> dict[str, Any]:
+    """One streamed completion read by hand: token-bearing chunks, the usage, and whether [DONE] came."""
+    body = {"model": model, "prompt": "the quick brown fox", "max_tokens": max_tokens, "temperature": 0,
+            "stream": True}
+    out: dict[str, Any] = {"chunks": 0, "usage": None, "done": False, "finish": None}
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, trust_env=False) as client:
+        async with client.stream("POST", "/v1/completions", json=body) as resp:
+            assert resp.status_code == 200, await resp.aread()
+            async for line in resp.aiter_lines():
+                if line == "data: [DONE]":
+                    out["done"] = True
+                if not line.startswith("data: {"):
+                    continue
+                obj = json.loads(line[6:])
+                if obj.get("usage"):
+                    out["usage"] = obj["usage"]
+                for choice in obj["choices"]:
+                    out["chunks"] += 1 if choice.get("text") else 0
+                    out["finish"] = choice.get("finish_reason") or out["finish"]
+    return out
+
+
+async def _refuses(base_url: str, model: str, field: str, value: Any) -> int:
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, trust_env=False) as client:
+        resp = await client.post("/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 2, field: value})
+    return resp.status_code
+
+
+async def _measure_both_ways(settings: TransformersSettings, workdir: Path) -> tuple[dict[str, Any], Any, Server]:
+    keeper = ServerKeeper(workdir=workdir)
+    try:
+        server = await keeper.ensure(settings)
+        direct = await _stream(server.base_url, server.model, max_tokens=12)
+        # What the installed server does with vLLM's extensions: refused outright (so hpload must not send them).
+        assert await _refuses(server.base_url, server.model, "ignore_eos", True) == 422
+        assert await _refuses(server.base_url, server.model, "min_tokens", 4) == 422
+        workload = WorkloadSpec(input_len=16, num_prompts=4, max_tokens=10, ignore_eos=True, min_tokens=10, seed=1)
+        result, error = await measure(keeper, settings, workload, LoadSpec(concurrency=2, num_requests=6), SLO())
+        assert error is None, error
+        assert result is not None
+        return direct, result, server
+    finally:
+        await keeper.close()
+
+
+@pytest.mark.parametrize("continuous", [False, True], ids=["plain", "continuous-batching"])
+async def test_streams_tokens_whose_count_matches_what_hpload_reports(
+    continuous: bool, tiny_model: Path, tmp_path: Path
+) -> None:
+    settings = TransformersSettings(model=str(tiny_model), dtype="float32", device="cpu", torch_threads=1,
+                                    continuous_batching=continuous)
+    direct, result, server = await _measure_both_ways(settings, tmp_path)
+
+    # By hand: one token per text chunk, the server's usage agrees, no [DONE] (the body's end ends the stream).
+    assert direct["usage"]["completion_tokens"] == direct["chunks"] >= 1
+    assert direct["done"] is False
+    assert direct["finish"] in ("length", "stop")
+
+    # Through hpload: every request succeeded although the workload asked for ignore_eos and min_tokens (left out),
+    # and the tokens hpload counted from the stream are the server's usage, request by request.
+    s, tc = result.summary, result.token_check
+    assert (s["completed"], s["failed"]) == (6, 0), s["errors"]
+    assert tc["usage_reported"] == 6
+    assert tc["output_usage_mismatch"] == 0
+    assert s["total_output_tokens"] == tc["output_chunk_tokens"] == tc["output_usage_tokens"] > 0
+    assert tc["input_usage_mismatch"] == 0
+    caveat = [w for w in result.warnings if "does not take ignore_eos, min_tokens" in w]
+    assert caveat and f"'{settings.label}'" in caveat[0], result.warnings
+
+    # Torn down with its whole process group; its log is there for errors.
+    assert not server.alive()
+    assert server.log_path is not None and "Uvicorn running" in server.log_path.read_text()
+
+
+def test_config_only_model_dir_gets_random_weights_offline(tiny_model: Path, tmp_path: Path) -> None:
+    """An `hpload model like`-style directory (config + tokenizer, no weights) serves, with no hub access."""
+    import asyncio
+
+    like = tmp_path / "like"
+    like.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (tiny_model / name).is_file():
+            shutil.copy2(tiny_model / name, like / name)
+    settings = TransformersSettings(model=str(like), dtype="float32", device="cpu", torch_threads=1)
+
+    async def go() -> tuple[dict[str, Any], Path]:
+        from hpload.servers import make_server
+
+        async with make_server(settings, workdir=tmp_path / "w") as server:
+            assert server.model != str(like)  # it serves the staged random weights
+            staged = Path(server.model)
+            assert (staged / "model.safetensors").is_file()
+            return await _stream(server.base_url, server.model, max_tokens=4), staged
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    out, staged = asyncio.run(go())
+    assert out["usage"]["completion_tokens"] >= 1
+    assert not staged.exists()  # removed on stop
+
+
+def test_a_setting_the_installed_version_lacks_is_refused_before_start(tmp_path: Path) -> None:
+    """A transformers without --compile (an older serve.py) refuses `compile = true` in one line naming both."""
+    fake = tmp_path / "site"
+    (fake / "transformers" / "cli").mkdir(parents=True)
+    (fake / "transformers" / "__init__.py").write_text("")
+    (fake / "transformers" / "cli" / "serve.py").write_text(
+        "class Serve:\n    def __init__(self, force_model=None, continuous_batching=False, dtype='auto',\n"
+        "                 device='auto', host='localhost', port=8000):\n        pass\n"
+    )
+    dist = fake / "transformers-4.99.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 4.99.0\n")
+    env = {**os.environ, "PYTHONPATH": str(fake)}
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "s"\n[[servers]]\nkind = "transformers"\ncompile = true\n[load]\nconcurrency = 1\n')
+    for argv in (["serve", "transformers", "--compile"], ["run", str(scenario), "--results", str(tmp_path / "r")]):
+        start = time.monotonic()
+        proc = subprocess.run([*HPLOAD, *argv], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode != 0
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert any("compile" in ln and "4.99.0" in ln and "fix:" in ln for ln in lines), proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert time.monotonic() - start < 30  # refused while reading settings, not after a model load
+
+
+def test_hpload_serve_transformers_runs_until_sigterm(tiny_model: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*HPLOAD, "serve", "transformers", "--model", str(tiny_model), "--dtype", "float32", "--device", "cpu",
+         "--torch-threads", "1", "--continuous-batching"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until ready (or the command ends)
+        assert " ready at http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        base_url = line.split(" ready at ")[1].split()[0]
+        model = line.split("(model '")[1].split("'")[0]
+        import asyncio
+
+        out = asyncio.run(_stream(base_url, model, max_tokens=5))
+        assert out["usage"]["completion_tokens"] == out["chunks"] >= 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) is not None
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(base_url + "/health", timeout=5, trust_env=False)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
