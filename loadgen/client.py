@@ -217,9 +217,12 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord, stamps: Any) ->
             choices = obj.get("choices")
             if choices and obj.get("usage") and _is_finish_only(choices[0]):
                 # `transformers serve` ends with one chunk holding usage, an empty choice and the finish reason, and
-                # sends no [DONE]: that chunk is the usage trailer (no token) and the end of the stream.
-                choices = None
+                # sends no [DONE]: that chunk ends the stream. Tokens that decode to no text (EOS) get no chunk of
+                # their own; when usage counts more tokens than chunks came, this chunk delivered them, as vLLM's
+                # empty-text EOS chunk does, else it is only the usage trailer.
                 done = True
+                if int(obj["usage"].get("completion_tokens") or 0) <= rec.chunk_tokens:
+                    choices = None
             if choices:
                 if rec.first_ns:
                     itl.append(now - rec.last_ns)

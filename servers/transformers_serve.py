@@ -9,8 +9,9 @@ What the installed server (transformers 5.19) does with a request, read from its
   refused with HTTP 422. hpload leaves them out for this server, so output lengths are not fixed (the model may stop
   at EOS); each result and the scenario say so.
 - ``stream_options`` is ignored, but every stream ends with a usage chunk anyway, so token counts come from the
-  server's usage as for vLLM. That chunk carries an empty choice with the finish reason: it is the usage trailer,
-  not a token (the client skips it).
+  server's usage as for vLLM. That chunk carries an empty choice with the finish reason. Tokens that decode to no
+  text (EOS) get no chunk of their own, so when usage counts more tokens than chunks came, the client counts that
+  last chunk as the one that delivered them (as vLLM's empty-text EOS chunk); otherwise it is only the trailer.
 - Streams end without ``data: [DONE]``: the end of the body ends the stream.
 - No Prometheus ``/metrics``, no API key, and no served-model-name: the model id is the path it was started with.
 - Weights must exist: a config-only directory (``hpload model like``) or ``load_format = "dummy"`` gets random

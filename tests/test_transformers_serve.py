@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
-from hpload.scenarios.runner import ServerKeeper, measure
+from hpload.loadgen.workload import build_requests
+from hpload.scenarios.runner import ServerKeeper, measure, target_for
 from hpload.servers import Server, TransformersSettings
 
 pytestmark = pytest.mark.slow
@@ -29,10 +30,10 @@ pytestmark = pytest.mark.slow
 HPLOAD = [sys.executable, "-m", "hpload"]
 
 
-async def _stream(base_url: str, model: str, max_tokens: int) -> dict[str, Any]:
-    """One streamed completion read by hand: token-bearing chunks, the usage, and whether [DONE] came."""
-    body = {"model": model, "prompt": "the quick brown fox", "max_tokens": max_tokens, "temperature": 0,
-            "stream": True}
+async def _stream(base_url: str, model: str, max_tokens: int, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One streamed completion read by hand: chunks with text, the usage, and whether [DONE] came."""
+    body = body or {"model": model, "prompt": "the quick brown fox", "max_tokens": max_tokens, "temperature": 0,
+                    "stream": True}
     out: dict[str, Any] = {"chunks": 0, "usage": None, "done": False, "finish": None}
     async with httpx.AsyncClient(base_url=base_url, timeout=120, trust_env=False) as client:
         async with client.stream("POST", "/v1/completions", json=body) as resp:
@@ -57,19 +58,26 @@ async def _refuses(base_url: str, model: str, field: str, value: Any) -> int:
     return resp.status_code
 
 
-async def _measure_both_ways(settings: TransformersSettings, workdir: Path) -> tuple[dict[str, Any], Any, Server]:
+async def _by_hand_and_by_hpload(settings: TransformersSettings, workdir: Path) -> tuple[list[dict[str, Any]], Any,
+                                                                                      list[dict[str, Any]], Server]:
     keeper = ServerKeeper(workdir=workdir)
+    workload = WorkloadSpec(input_len=16, num_prompts=4, max_tokens=10, ignore_eos=True, min_tokens=10, seed=1)
     try:
         server = await keeper.ensure(settings)
-        direct = await _stream(server.base_url, server.model, max_tokens=12)
         # What the installed server does with vLLM's extensions: refused outright (so hpload must not send them).
         assert await _refuses(server.base_url, server.model, "ignore_eos", True) == 422
         assert await _refuses(server.base_url, server.model, "min_tokens", 4) == 422
-        workload = WorkloadSpec(input_len=16, num_prompts=4, max_tokens=10, ignore_eos=True, min_tokens=10, seed=1)
-        result, error = await measure(keeper, settings, workload, LoadSpec(concurrency=2, num_requests=6), SLO())
+        # The very bodies hpload sends, streamed by hand one at a time (temperature 0: the same tokens again).
+        bodies = [json.loads(r.body) for r in build_requests(workload, target_for(server, settings))]
+        assert not any("ignore_eos" in b or "min_tokens" in b for b in bodies)
+        by_hand = [await _stream(server.base_url, server.model, 0, body=b) for b in bodies]
+        requests_path = workdir / "requests.jsonl"
+        result, error = await measure(keeper, settings, workload, LoadSpec(concurrency=1, num_requests=len(bodies)),
+                                      SLO(), requests_path=requests_path)
         assert error is None, error
         assert result is not None
-        return direct, result, server
+        records = sorted((json.loads(ln) for ln in requests_path.read_text().splitlines()), key=lambda r: r["i"])
+        return by_hand, result, records, server
     finally:
         await keeper.close()
 
@@ -80,20 +88,23 @@ async def test_streams_tokens_whose_count_matches_what_hpload_reports(
 ) -> None:
     settings = TransformersSettings(model=str(tiny_model), dtype="float32", device="cpu", torch_threads=1,
                                     continuous_batching=continuous)
-    direct, result, server = await _measure_both_ways(settings, tmp_path)
+    by_hand, result, records, server = await _by_hand_and_by_hpload(settings, tmp_path)
 
-    # By hand: one token per text chunk, the server's usage agrees, no [DONE] (the body's end ends the stream).
-    assert direct["usage"]["completion_tokens"] == direct["chunks"] >= 1
-    assert direct["done"] is False
-    assert direct["finish"] in ("length", "stop")
+    # By hand: every stream ends with the server's usage and no [DONE] (the body's end ends it). Tokens that decode
+    # to no text (special tokens, EOS: random weights make many) get no chunk, so chunks never exceed usage.
+    for out in by_hand:
+        assert out["done"] is False
+        assert out["finish"] in ("length", "stop")
+        assert 1 <= out["usage"]["completion_tokens"] <= 10
+        assert out["chunks"] <= out["usage"]["completion_tokens"]
 
     # Through hpload: every request succeeded although the workload asked for ignore_eos and min_tokens (left out),
-    # and the tokens hpload counted from the stream are the server's usage, request by request.
+    # and the tokens it reports, request by request and in total, are the ones the streams carried.
     s, tc = result.summary, result.token_check
-    assert (s["completed"], s["failed"]) == (6, 0), s["errors"]
-    assert tc["usage_reported"] == 6
-    assert tc["output_usage_mismatch"] == 0
-    assert s["total_output_tokens"] == tc["output_chunk_tokens"] == tc["output_usage_tokens"] > 0
+    assert (s["completed"], s["failed"]) == (len(by_hand), 0), s["errors"]
+    assert [r["output_tokens"] for r in records] == [h["usage"]["completion_tokens"] for h in by_hand]
+    assert s["total_output_tokens"] == tc["output_usage_tokens"] == sum(h["usage"]["completion_tokens"] for h in by_hand)
+    assert tc["usage_reported"] == len(by_hand)
     assert tc["input_usage_mismatch"] == 0
     caveat = [w for w in result.warnings if "does not take ignore_eos, min_tokens" in w]
     assert caveat and f"'{settings.label}'" in caveat[0], result.warnings
@@ -169,7 +180,7 @@ def test_hpload_serve_transformers_runs_until_sigterm(tiny_model: Path, tmp_path
         import asyncio
 
         out = asyncio.run(_stream(base_url, model, max_tokens=5))
-        assert out["usage"]["completion_tokens"] == out["chunks"] >= 1
+        assert out["usage"]["completion_tokens"] == out["chunks"] + (out["finish"] == "stop") >= 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) is not None
         with pytest.raises(httpx.ConnectError):
