@@ -143,10 +143,24 @@ def check_supported(settings: TransformersSettings) -> None:
                           "fix: pip install accelerate")
 
 
+# Continuous batching sizes its KV cache as a fraction of the device's memory, default 0.9; on a CPU that is 90% of the
+# machine's RAM (it OOM-killed the server beside vLLM here). hpload's CPU default is this fraction, as vLLM's CPU
+# build gets a 1 GiB cache; cb_num_blocks or cb_max_memory_percent override it.
+CPU_CB_MEMORY_FRACTION = 0.05
+
+
+def on_cpu(settings: TransformersSettings) -> bool:
+    if settings.device is not None and settings.device != "auto":
+        return settings.device == "cpu"
+    return not Path("/dev/nvidia0").exists() and not Path("/dev/nvidiactl").exists()
+
+
 def serve_args(settings: TransformersSettings, model_dir: str, port: int) -> list[str]:
     """The ``transformers serve`` arguments: the model is forced (preloaded before the port opens)."""
     s = settings
     argv = [model_dir, "--host", s.host, "--port", str(port), "--log-level", "info"]
+    if s.continuous_batching and s.cb_num_blocks is None and s.cb_max_memory_percent is None and on_cpu(s):
+        argv += ["--cb-max-memory-percent", str(CPU_CB_MEMORY_FRACTION)]
     for field in _VALUED:
         value = getattr(s, field)
         if value is not None:

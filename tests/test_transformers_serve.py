@@ -189,3 +189,37 @@ def test_hpload_serve_transformers_runs_until_sigterm(tiny_model: Path, tmp_path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+async def test_three_servers_side_by_side(vllm_server: Server, tmp_path: Path) -> None:
+    """The shipped three-servers scenario, at a tiny load: vLLM (the session's server, attached by URL so it is not
+    started twice), the wrapper and `transformers serve`, same prompts, same client; the caveat names the server."""
+    from hpload.scenarios.cli_run import summary_table
+    from hpload.scenarios.loader import load_scenario
+    from hpload.scenarios.runner import run_scenario, scenario_caveats
+
+    def edit(data: dict[str, Any]) -> None:
+        data["servers"][0] = {"kind": "external", "label": "vllm", "url": vllm_server.base_url,
+                              "model": vllm_server.model}
+        data["load"] = {"concurrency": 2, "num_requests": 4, "seed": 0}
+        data["workload"]["max_tokens"] = 8
+        data["workload"]["input_len"] = 16
+
+    scenario = load_scenario("three-servers", edit=edit).scenario
+    assert [s.kind for s in scenario.servers] == ["external", "hf", "transformers"]
+    caveats = scenario_caveats(scenario)
+    assert len(caveats) == 1 and "'transformers'" in caveats[0] and "ignore_eos" in caveats[0]
+
+    report = await run_scenario(scenario, results_dir=tmp_path / "r")
+    assert [r.label for r in report.records] == ["vllm", "hf", "transformers"]
+    assert all(r.ok for r in report.records), [r.error for r in report.records]
+    for record in report.records:
+        assert record.summary["completed"] == 4 and record.summary["failed"] == 0
+        assert record.summary["total_output_tokens"] > 0
+    by_label = {r.label: r for r in report.records}
+    # vLLM and the wrapper honour ignore_eos: exactly max_tokens each. transformers serve's result says it did not.
+    assert by_label["vllm"].summary["total_output_tokens"] == by_label["hf"].summary["total_output_tokens"] == 4 * 8
+    assert any("ignore_eos" in w for w in by_label["transformers"].warnings)
+    assert not any("ignore_eos" in w for w in by_label["hf"].warnings)
+    table = summary_table(report.records)
+    assert "transformers" in table and "hf" in table and "vllm" in table
