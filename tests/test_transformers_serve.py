@@ -223,3 +223,18 @@ async def test_three_servers_side_by_side(vllm_server: Server, tmp_path: Path) -
     assert not any("ignore_eos" in w for w in by_label["hf"].warnings)
     table = summary_table(report.records)
     assert "transformers" in table and "hf" in table and "vllm" in table
+
+
+def test_tui_setup_offers_the_kind_and_shows_its_caveat() -> None:
+    """The setup screen's knobs can pick `transformers serve` beside vLLM; the plan's notes carry the warning."""
+    from dataclasses import replace
+
+    from hpload.tui.plans import SERVER_KINDS, ScenarioChoice, apply_knobs, knobs_of, load_plan
+
+    assert "transformers" in SERVER_KINDS
+    plan = load_plan(ScenarioChoice("quickstart", None))  # vllm + hf, ignore_eos = true
+    knobs = knobs_of(plan)
+    changed = apply_knobs(plan, replace(knobs, compare_kind="transformers"))
+    assert [s.kind for s in changed.scenario.servers] == ["vllm", "transformers"]
+    assert any("'transformers'" in n and "ignore_eos" in n for n in changed.notes)
+    assert not any("ignore_eos" in n for n in apply_knobs(plan, knobs).notes)
