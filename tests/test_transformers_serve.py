@@ -114,7 +114,9 @@ async def test_streams_tokens_whose_count_matches_what_hpload_reports(
     assert server.log_path is not None and "Uvicorn running" in server.log_path.read_text()
 
 
-def test_config_only_model_dir_gets_random_weights_offline(tiny_model: Path, tmp_path: Path) -> None:
+def test_config_only_model_dir_gets_random_weights_offline(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An `hpload model like`-style directory (config + tokenizer, no weights) serves, with no hub access."""
     import asyncio
 
@@ -134,7 +136,7 @@ def test_config_only_model_dir_gets_random_weights_offline(tiny_model: Path, tmp
             assert (staged / "model.safetensors").is_file()
             return await _stream(server.base_url, server.model, max_tokens=4), staged
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out, staged = asyncio.run(go())
     assert out["usage"]["completion_tokens"] >= 1
     assert not staged.exists()  # removed on stop
@@ -238,3 +240,41 @@ def test_tui_setup_offers_the_kind_and_shows_its_caveat() -> None:
     assert [s.kind for s in changed.scenario.servers] == ["vllm", "transformers"]
     assert any("'transformers'" in n and "ignore_eos" in n for n in changed.notes)
     assert not any("ignore_eos" in n for n in apply_knobs(plan, knobs).notes)
+
+
+TUNE = """
+name = "ts-tune"
+[[servers]]
+kind = "transformers"
+label = "ts"
+dtype = "float32"
+device = "cpu"
+torch_threads = 1
+[workload]
+input_len = 16
+max_tokens = 6
+ignore_eos = true
+[load]
+concurrency = 2
+num_requests = 4
+[tune]
+sampler = "grid"
+n_trials = 2
+[tune.space.server.continuous_batching]
+choices = [false, true]
+"""
+
+
+def test_hpload_tune_over_its_batching_mode(tmp_path: Path) -> None:
+    """`hpload tune` restarts it per trial with the sampled setting, and warns first that ignore_eos is not taken."""
+    scenario = tmp_path / "tune.toml"
+    scenario.write_text(TUNE)
+    results = tmp_path / "res"
+    proc = subprocess.run([*HPLOAD, "tune", str(scenario), "--results", str(results), "--quiet"],
+                          capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warning = [ln for ln in proc.stderr.splitlines() if ln.startswith("hpload tune: warning:")]
+    assert len(warning) == 1 and "'ts'" in warning[0] and "ignore_eos" in warning[0]
+    records = [json.loads(p.read_text()) for p in sorted((results / "points").glob("*.point.json"))]
+    assert sorted(r["server"]["continuous_batching"] for r in records) == [False, True]
+    assert all(r["status"] == "ok" and r["summary"]["completed"] == 4 for r in records)
