@@ -24,7 +24,8 @@ from typing import Any
 
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
 from hpload.scenarios.runner import ServerKeeper, measure
-from hpload.servers import HFSettings, TransformersSettings
+from hpload.servers import HFSettings
+from hpload.servers.transformers_serve import TransformersSettings
 
 
 def engines(model: str, device: str, threads: int | None) -> list[tuple[str, Any]]:

@@ -41,10 +41,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KIND|URL",
-        help="run against these servers instead of the scenario's: vllm, hf, transformers, echo, or the URL of a running "
-        "OpenAI-compatible server (repeat for several)",
+        help="run against these servers instead of the scenario's: a kind of `hpload serve` (vllm, hf, echo, ...), or "
+        "the URL of a running OpenAI-compatible server (repeat for several)",
     )
-    parser.add_argument("--model", metavar="DIR", help="model directory for vllm/hf/transformers servers (default: the tiny model)")
+    parser.add_argument("--model", metavar="DIR",
+                        help="model directory for the servers that load one (default: the tiny model)")
     load = parser.add_argument_group("load (override the scenario's [load] and [workload])")
     load.add_argument("--concurrency", type=int, metavar="N", help="closed loop: requests in flight")
     load.add_argument("--rate", type=float, metavar="REQ_S", help="open loop: requests per second (Poisson)")
@@ -67,12 +68,14 @@ def server_table(spec: str, base: list[dict[str, Any]], model: str | None) -> di
 
     if spec.startswith(("http://", "https://")):
         return {"kind": "external", "label": "external", "url": spec.rstrip("/")}
-    if spec not in ("vllm", "hf", "transformers", "echo"):
-        raise HploadError(
-            f"--server {spec}: not a server kind or URL; fix: use vllm, hf, transformers, echo or http://HOST:PORT"
-        )
+    from hpload.servers.kinds import KINDS
+
+    launchable = [name for name, kind in KINDS.items() if kind.cli]
+    if spec not in launchable:
+        raise HploadError(f"--server {spec}: not a server kind or URL; fix: use {', '.join(launchable)} or "
+                          "http://HOST:PORT")
     table = next((dict(t) for t in base if t.get("kind") == spec), {"kind": spec, "label": spec})
-    if model and spec in ("vllm", "hf", "transformers"):
+    if model and KINDS[spec].local_model:
         table["model"] = model
     return table
 
@@ -80,13 +83,17 @@ def server_table(spec: str, base: list[dict[str, Any]], model: str | None) -> di
 def flag_edits(args: argparse.Namespace) -> Any:
     """The flags as an edit of the scenario's tables, applied before ``--set`` and before validation."""
 
+    from hpload.servers.kinds import KINDS
+
+    local_model_kinds = [name for name, kind in KINDS.items() if kind.local_model]
+
     def edit(data: dict[str, Any]) -> None:
         if args.server:
             base = list(data.get("servers") or [])
             data["servers"] = [server_table(s, base, args.model) for s in args.server]
         elif args.model:
             for table in data.get("servers") or []:
-                if table.get("kind") in ("vllm", "hf", "transformers"):
+                if table.get("kind") in local_model_kinds:
                     table["model"] = args.model
         for flag, path in _LOAD_FLAGS.items():
             value = getattr(args, flag)

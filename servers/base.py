@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import httpx
 
@@ -26,6 +26,7 @@ from hpload import procs
 from hpload.errors import ServerError, one_line
 
 log = logging.getLogger("hpload.servers")
+S = TypeVar("S")  # a kind's settings model
 
 # Lines that usually name why a Python server died; the last one wins.
 _CAUSE_RE = re.compile(r"\b(\w+(Error|Exception|Exit)|Traceback|error:|Killed|CUDA out of memory)", re.IGNORECASE)
@@ -40,10 +41,27 @@ class Server(abc.ABC):
     metrics_url: str | None = None
     log_path: Path | None = None
     startup_timeout_s: float = 60.0
-    unsupported_request_fields: tuple[str, ...] = ()  # workload fields the server refuses; the client omits them
+    unsupported_request_fields: ClassVar[tuple[str, ...]] = ()
+    """Request fields of the workload this kind refuses (e.g. ``ignore_eos``): the client leaves them out for it, and
+    :meth:`request_caveats` says so before a run and on each result."""
 
     def __init__(self) -> None:
         self._base_url: str | None = None
+
+    @classmethod
+    def request_caveats(cls, settings: Any, workload: Any) -> list[str]:
+        """One line per workload setting a server of this kind cannot honour (empty when the workload asks none)."""
+        asked = [f for f in cls.unsupported_request_fields if getattr(workload, f, None) not in (None, False)]
+        if not asked:
+            return []
+        return [f"server '{settings.label}' ({cls.engine_name()}) does not take {', '.join(asked)}: not sent, so "
+                "output lengths are not fixed (requests may stop at EOS); output tokens are the server's own "
+                "streamed counts"]
+
+    @classmethod
+    def engine_name(cls) -> str:
+        """What this kind runs, as said in warnings."""
+        return cls.__name__
 
     @property
     def base_url(self) -> str:
@@ -137,19 +155,34 @@ async def probe_completion(client: httpx.AsyncClient, base_url: str, model: str,
     return None
 
 
-class ProcessServer(Server):
-    """A server hpload spawns: a free loopback port, a process group, a log file, and readiness by completion."""
+class ProcessServer(Server, Generic[S]):
+    """A server hpload spawns: a free loopback port, a process group, a log file, and readiness by completion.
+
+    ``settings`` is the kind's settings model; the fields every spawned kind has (label, host, port,
+    startup_timeout_s, and api_key and served_model_name where the kind has them) are read here, so a subclass writes ``argv``/``env`` and, when it loads a
+    local model, overrides ``local_model_dir``."""
 
     host: str = "127.0.0.1"
 
-    def __init__(self, *, label: str, port: int | None, workdir: Path | None, startup_timeout_s: float) -> None:
+    def __init__(self, settings: S, *, workdir: Path | None = None) -> None:
         super().__init__()
-        self.label = label
-        self._port = port
+        s: Any = settings
+        self.settings = settings
+        self.label = s.label
+        self.host = s.host
+        self._port = s.port
         self._workdir = workdir
-        self.startup_timeout_s = startup_timeout_s
+        self.startup_timeout_s = s.startup_timeout_s
+        api_key = getattr(s, "api_key", None)  # a kind with no auth has no such setting
+        self.api_key = api_key.get_secret_value() if api_key else None
         self._child: procs.Child | None = None
         self._stopping = False
+        self.model_dir = self.local_model_dir(getattr(s, "model", None))
+        self.model = getattr(s, "served_model_name", None) or self.model_dir
+
+    def local_model_dir(self, model: str | None) -> str:
+        """The model directory this kind loads, from its ``model`` setting; "" for a kind with no local model."""
+        return ""
 
     @abc.abstractmethod
     def argv(self, port: int) -> list[str]:

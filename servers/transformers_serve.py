@@ -1,8 +1,9 @@
 """HuggingFace's own OpenAI-compatible server, ``transformers serve``, as a supervised subprocess (kind "transformers").
 
-Everything this kind needs lives here: its typed settings, the check that the installed transformers offers each
-setting (before anything starts), the launcher, its ``hpload serve transformers`` flags, and what the server cannot
-do. Other modules only register it (one line each).
+Everything this kind needs lives here: its typed settings (``hpload serve transformers`` builds its flags from them),
+the check that the installed transformers offers each setting (before anything starts), the launcher, and what the
+server cannot do (``unsupported_request_fields``, which the generic runner reads). The kind's one entry is in
+hpload.servers.kinds.
 
 What the installed server (transformers 5.19) does with a request, read from its source and checked by a test:
 - ``ignore_eos``, ``min_tokens`` and ``return_token_ids`` are not in its request schema: a request carrying them is
@@ -20,7 +21,6 @@ What the installed server (transformers 5.19) does with a request, read from its
 
 from __future__ import annotations
 
-import argparse
 import ast
 import functools
 import importlib.metadata
@@ -37,7 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from hpload.errors import HploadError
 from hpload.servers.base import ProcessServer
 
-KIND = "transformers"
 # Request fields the installed server refuses (422) although hpload's workload can send them; the loadgen omits them.
 UNSUPPORTED_REQUEST_FIELDS = ("ignore_eos", "min_tokens", "return_token_ids")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -48,6 +47,12 @@ _VALUED = ("dtype", "device", "cb_block_size", "cb_num_blocks", "cb_max_batch_to
 _BOOLS = ("continuous_batching", "compile", "trust_remote_code", "cb_use_cuda_graph")
 
 
+# Continuous batching sizes its KV cache as a fraction of the device's memory, default 0.9; on a CPU that is 90% of the
+# machine's RAM (it OOM-killed the server beside vLLM here). hpload's CPU default is this fraction, as vLLM's CPU
+# build gets a 1 GiB cache; cb_num_blocks or cb_max_memory_percent override it.
+CPU_CB_MEMORY_FRACTION = 0.05
+
+
 class TransformersSettings(BaseModel):
     """``transformers serve`` (HuggingFace's OpenAI-compatible server), started as a supervised process group."""
 
@@ -55,22 +60,30 @@ class TransformersSettings(BaseModel):
 
     kind: Literal["transformers"] = "transformers"
     label: str = "transformers"
-    model: str | None = None  # a local model directory; None = the embedded tiny model
-    dtype: str = "auto"  # auto, float32, bfloat16, float16
-    device: str | None = None  # cpu, cuda, cuda:1, auto; None = the server's default (auto)
-    continuous_batching: bool = False  # paged-attention continuous batching, tuned by the cb_* settings
-    cb_block_size: int | None = Field(default=None, gt=0)  # KV-cache block size in tokens
-    cb_num_blocks: int | None = Field(default=None, gt=0)  # KV-cache blocks
-    cb_max_batch_tokens: int | None = Field(default=None, gt=0)  # most tokens per batch
-    cb_max_memory_percent: float | None = Field(default=None, gt=0, le=1)  # GPU memory fraction for the KV cache
-    cb_use_cuda_graph: bool | None = None
-    attn_implementation: str | None = None  # eager, sdpa, flash_attention_2, flex_attention, ...
-    compile: bool = False  # torch.compile with a static cache
-    quantization: Literal["bnb-4bit", "bnb-8bit"] | None = None
-    trust_remote_code: bool = False
-    default_seed: int | None = None
-    load_format: Literal["auto", "dummy"] = "auto"  # dummy = random weights from config.json
-    torch_threads: int | None = Field(default=None, ge=1)  # OMP threads for torch; None = torch's default
+    model: str | None = Field(default=None, description="local model directory (default: the embedded tiny model)")
+    dtype: str = Field(default="auto", description="auto, float32, bfloat16, float16")
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:1, auto (default: the server's auto)")
+    continuous_batching: bool = Field(
+        default=False, description="paged-attention continuous batching, tuned by the cb-* settings")
+    cb_block_size: int | None = Field(default=None, gt=0, description="continuous batching: KV-cache block size")
+    cb_num_blocks: int | None = Field(default=None, gt=0, description="continuous batching: KV-cache blocks")
+    cb_max_batch_tokens: int | None = Field(
+        default=None, gt=0, description="continuous batching: most tokens per batch")
+    cb_max_memory_percent: float | None = Field(
+        default=None, gt=0, le=1,
+        description=f"continuous batching: device memory fraction for the KV cache (on a CPU hpload's default is "
+                    f"{CPU_CB_MEMORY_FRACTION} unless cb-num-blocks is set)")
+    cb_use_cuda_graph: bool | None = Field(default=None, description="continuous batching: CUDA graphs")
+    attn_implementation: str | None = Field(
+        default=None, description="eager, sdpa, flash_attention_2, flex_attention, ...")
+    compile: bool = Field(default=False, description="torch.compile with a static cache")
+    quantization: Literal["bnb-4bit", "bnb-8bit"] | None = Field(default=None, description="bitsandbytes quantization")
+    trust_remote_code: bool = Field(default=False, description="run the model directory's own code")
+    default_seed: int | None = Field(default=None, description="the server's default sampling seed")
+    load_format: Literal["auto", "dummy"] = Field(
+        default="auto", description="dummy = random weights from config.json (also for a directory with no weights)")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="OMP threads for torch (default: torch's choice; 1 on a small shared CPU)")
     extra_args: list[str] = Field(default_factory=list)  # any other `transformers serve` flag, passed as given
     env: dict[str, str] = Field(default_factory=dict)
     host: str = "127.0.0.1"
@@ -143,12 +156,6 @@ def check_supported(settings: TransformersSettings) -> None:
                           "fix: pip install accelerate")
 
 
-# Continuous batching sizes its KV cache as a fraction of the device's memory, default 0.9; on a CPU that is 90% of the
-# machine's RAM (it OOM-killed the server beside vLLM here). hpload's CPU default is this fraction, as vLLM's CPU
-# build gets a 1 GiB cache; cb_num_blocks or cb_max_memory_percent override it.
-CPU_CB_MEMORY_FRACTION = 0.05
-
-
 def on_cpu(settings: TransformersSettings) -> bool:
     if settings.device is not None and settings.device != "auto":
         return settings.device == "cpu"
@@ -177,31 +184,31 @@ def has_weights(model_dir: Path) -> bool:
     return any((model_dir / name).is_file() for name in WEIGHT_FILES)
 
 
-class TransformersServer(ProcessServer):
+class TransformersServer(ProcessServer[TransformersSettings]):
     unsupported_request_fields = UNSUPPORTED_REQUEST_FIELDS
 
     def __init__(self, settings: TransformersSettings, *, workdir: Path | None = None) -> None:
-        super().__init__(
-            label=settings.label, port=settings.port, workdir=workdir, startup_timeout_s=settings.startup_timeout_s
-        )
         check_supported(settings)
+        super().__init__(settings, workdir=workdir)
+        self.stage_dummy = settings.load_format == "dummy" or not has_weights(Path(self.model_dir))
+        self._staged: Path | None = None
+
+    def local_model_dir(self, model: str | None) -> str:
         from hpload.model import resolve_model
 
-        self.settings = settings
-        self.host = settings.host
-        self.source_dir = resolve_model(settings.model)
-        self.stage_dummy = settings.load_format == "dummy" or not has_weights(self.source_dir)
-        self._staged: Path | None = None
-        self.model = str(self.source_dir)
+        return str(resolve_model(model))
+
+    @classmethod
+    def engine_name(cls) -> str:
+        return f"transformers serve {installed_options()[0]}"
 
     async def start(self) -> None:
         if self.stage_dummy:
             # The random weights are made by the launched process (torch stays out of hpload's own process); the
             # directory is named now because the model id the server answers to is this path.
-            base = self._workdir if self._workdir is not None else None
-            if base is not None:
-                base.mkdir(parents=True, exist_ok=True)
-            self._staged = Path(tempfile.mkdtemp(prefix=f"{self.label}-dummy-", dir=base))
+            if self._workdir is not None:
+                self._workdir.mkdir(parents=True, exist_ok=True)
+            self._staged = Path(tempfile.mkdtemp(prefix=f"{self.label}-dummy-", dir=self._workdir))
             self.model = str(self._staged)
         await super().start()
         self.metrics_url = None  # it serves no /metrics
@@ -211,7 +218,7 @@ class TransformersServer(ProcessServer):
         argv = [sys.executable, "-c", "import sys; from hpload.servers.transformers_serve import main; "
                 "sys.exit(main(sys.argv[1:]))"]
         if self._staged is not None:
-            argv += ["--stage-dummy", str(self.source_dir), str(self._staged), "--dtype", self.settings.dtype]
+            argv += ["--stage-dummy", self.model_dir, str(self._staged), "--dtype", self.settings.dtype]
         return [*argv, "--", "serve", *serve_args(self.settings, self.model, port)]
 
     def env(self) -> dict[str, str]:
@@ -226,39 +233,6 @@ class TransformersServer(ProcessServer):
         await super().stop()
         if self._staged is not None:
             shutil.rmtree(self._staged, ignore_errors=True)
-
-
-def request_caveats(label: str, workload: Any) -> list[str]:
-    """One line per workload setting this server cannot honour (empty when the workload asks for none)."""
-    asked = [f for f in UNSUPPORTED_REQUEST_FIELDS if getattr(workload, f, None) not in (None, False)]
-    if not asked:
-        return []
-    version = installed_options()[0]
-    return [f"server '{label}' (transformers serve {version}) does not take {', '.join(asked)}: not sent, so output "
-            "lengths are not fixed (requests may stop at EOS); output tokens are the server's own streamed counts"]
-
-
-# ---- `hpload serve transformers` ----
-
-
-def configure_cli(kinds: Any) -> None:
-    """Add the ``transformers`` subcommand to ``hpload serve``."""
-    p = kinds.add_parser("transformers", help="HuggingFace's `transformers serve`, supervised (flags after -- go to it)")
-    p.add_argument("--model", default=None, help="local model directory (default: the embedded tiny model)")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, auto (default: the server's auto)")
-    p.add_argument("--continuous-batching", action="store_true", default=None, help="paged continuous batching")
-    for name in ("cb-block-size", "cb-num-blocks", "cb-max-batch-tokens"):
-        p.add_argument(f"--{name}", type=int, default=None)
-    p.add_argument("--cb-max-memory-percent", type=float, default=None)
-    p.add_argument("--attn-implementation", default=None, help="eager, sdpa, flash_attention_2, ...")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile with a static cache")
-    p.add_argument("--load-format", choices=["auto", "dummy"], default=None, help="dummy = random weights")
-    p.add_argument("--torch-threads", type=int, default=None, help="OMP threads for torch")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    p.add_argument("--label", default="transformers", help=argparse.SUPPRESS)
-    p.add_argument("extra_args", nargs=argparse.REMAINDER, help="-- then any other `transformers serve` flags")
 
 
 # ---- the launched process: stage random weights when asked, then run transformers' own CLI in this process ----

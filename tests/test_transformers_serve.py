@@ -23,7 +23,8 @@ import pytest
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
 from hpload.loadgen.workload import build_requests
 from hpload.scenarios.runner import ServerKeeper, measure, target_for
-from hpload.servers import Server, TransformersSettings
+from hpload.servers import Server
+from hpload.servers.transformers_serve import TransformersSettings
 
 pytestmark = pytest.mark.slow
 

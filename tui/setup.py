@@ -194,7 +194,7 @@ def load_text(load: LoadSpec) -> str:
 
 def _server_detail(settings: object) -> str:
     parts = []
-    for name in ("model", "max_num_seqs", "batch_size", "mode", "continuous_batching", "ttft_ms", "itl_ms", "url"):
+    for name in ("model", "max_num_seqs", "batch_size", "mode", "ttft_ms", "itl_ms", "url"):
         value = getattr(settings, name, None)
         if value is not None:
             parts.append(f"{name}={value}")
