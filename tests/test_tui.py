@@ -325,3 +325,20 @@ async def test_tuning_study_fills_the_points_table_and_marks_the_best(tmp_path: 
         # tuner answers from memory: at least two distinct settings, all from the space.
         assert len(settings) >= 2 and settings <= {"concurrency=1", "concurrency=2", "concurrency=4"}
     assert spawned_children(before) == []
+
+
+def test_session_reports_server_states_in_the_order_they_happen(tmp_path: Path) -> None:
+    """The TUI's engine side: a server is shown starting, then ready (with its start-up time), then running once
+    load starts, then done; never running before it is ready."""
+    from hpload.scenarios.loader import load_scenario
+    from hpload.tui.feed import Feed, ServerState
+    from hpload.tui.session import RunPlan, Session
+
+    scenario = load_scenario(str(write_scenario(tmp_path, duration_s=1)), [], None).scenario
+    feed = Feed(lambda: None)
+    session = Session(RunPlan(scenario), feed, results_root=tmp_path / "results")
+    session.run()
+    events = [e for e in feed.drain().events if isinstance(e, ServerState) and e.label == "echo"]
+    states = [e.state for e in events]
+    assert states == ["starting", "ready", "running", "done"], events
+    assert events[1].detail.startswith("ready in ") and events[1].detail.endswith(" s"), events[1]
