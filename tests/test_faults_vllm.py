@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers import engine_pids
+from helpers import engine_pids, wait_s
 
 from hpload.errors import ServerError
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> None:
     settings = VllmSettings(label="vllm-faults", model=str(tiny_model), dtype="float32", max_model_len=512,
-                            max_num_seqs=8, startup_timeout_s=400)  # fmt: skip
+                            max_num_seqs=8, startup_timeout_s=wait_s(400))  # fmt: skip
     server = make_server(settings, workdir=tmp_path)
     async with server:
         engines = engine_pids(server.pids())

@@ -169,7 +169,7 @@ async def test_client_disconnect_stops_generation(hf_server: Server) -> None:
 
 async def test_continuous_mode_streams_chat_with_exact_usage(tiny_model: Path, tmp_path: Path) -> None:
     settings = HFSettings(label="hf-cb", model=str(tiny_model), mode="continuous", batch_size=4, device="cpu",
-                          torch_threads=1)
+                          torch_threads=1, startup_timeout_s=wait_s(60))
     async with make_server(settings, workdir=tmp_path) as server:
         before = await _metric(server, "generation_tokens_total")  # the readiness probe generated one already
         results = await asyncio.gather(*[
