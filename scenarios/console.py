@@ -10,7 +10,7 @@ from typing import TextIO
 from hpload.loadgen.snapshot import Snapshot
 from hpload.scenarios.points import Point
 from hpload.scenarios.results import PointRecord
-from hpload.servers.settings import ServerSettings
+from hpload.servers.kinds import KINDS, ServerSettings
 
 _BAR = 24
 
@@ -57,7 +57,8 @@ class ConsoleProgress:
         self._last_plain = 0.0
 
     def server_starting(self, settings: ServerSettings) -> None:
-        extra = " (vLLM takes a minute or two on a CPU)" if settings.kind == "vllm" else ""
+        note = KINDS[settings.kind].start_note
+        extra = f" ({note})" if note else ""
         self._write_line(f"starting server {settings.label} ({settings.kind}){extra} ...")
 
     def server_ready(self, settings: ServerSettings, startup_s: float) -> None:

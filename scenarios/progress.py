@@ -27,7 +27,7 @@ from hpload.loadgen.snapshot import Observer, Snapshot
 if TYPE_CHECKING:
     from hpload.scenarios.points import Point
     from hpload.scenarios.results import PointRecord
-    from hpload.servers.settings import ServerSettings
+    from hpload.servers.kinds import ServerSettings
 
 PROGRESS_SUFFIX = ".progress.json"
 
