@@ -27,6 +27,7 @@ HISTORY_POINTS = 720  # six minutes of 0.5 s snapshots; a sparkline shows the ne
 STATE_MARKS = {  # state -> (mark, theme variable for its colour)
     "idle": ("○", "foreground-muted"),
     "starting": ("◌", "warning"),
+    "ready": ("◉", "success"),
     "running": ("●", "success"),
     "done": ("✔", "success"),
     "stopped": ("■", "warning"),
@@ -198,7 +199,7 @@ class ServerPanel(Vertical):
         head.append(f" {self.state}")
         if snap is not None:
             head.append(f"  {snap.phase if self.state == 'running' else ''} {snap.elapsed_s:.1f}s")
-        if self.detail and self.state in ("failed", "done", "stopped", "starting"):
+        if self.detail and self.state in ("failed", "done", "stopped", "starting", "ready"):
             head.append(f"  {self.detail}", style="italic")
         head.append("\n" + counters_line(snap))
         self.query_one(".panel-head", Static).update(head)

@@ -160,7 +160,9 @@ class EchoStats:
         self.fold_lateness()  # in slices too, but all of them: /metrics must count every write so far
         lines += _histogram("echo:write_lateness_seconds", _LATE_BUCKETS_S, self.late_buckets, self.late_sum_ns / 1e9)
         p50_us, p99_us = self.late_hist.percentiles_us((50, 99))
-        for label, value_s in (("p50", p50_us / 1e6), ("p99", p99_us / 1e6), ("max", self.late_max_ns / 1e9)):
+        max_s = self.late_max_ns / 1e9
+        # A histogram percentile is its bucket's upper edge (4 us wide at 5 ms): never report one above the max.
+        for label, value_s in (("p50", min(p50_us / 1e6, max_s)), ("p99", min(p99_us / 1e6, max_s)), ("max", max_s)):
             lines += [
                 f"# TYPE echo:write_lateness_{label}_seconds gauge",
                 f"echo:write_lateness_{label}_seconds {value_s}",
