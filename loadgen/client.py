@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx2 as httpx
 
+from hpload.loadgen import server_timing
 from hpload.loadgen.sse import SSEDecoder
 from hpload.loadgen.transport import ARRIVAL_EXTENSION
 
@@ -45,6 +46,7 @@ class RequestRecord:
         "request_id",
         "scheduled_ns",
         "send_ns",
+        "server",
         "status",
         "timed_out",
         "usage_in",
@@ -70,6 +72,7 @@ class RequestRecord:
         self.error_msg = ""
         self.timed_out = False  # set by the watchdog just before it cancels the request
         self.request_id = ""  # sent as X-Request-Id when per-request records are kept, to join with server logs
+        self.server: dict[str, float] | None = None  # the server's own per-request timings (server_timing)
 
     def fail(self, kind: str, msg: str) -> None:
         if self.error_kind is None:
@@ -118,6 +121,8 @@ class RequestRecord:
             tpot = self.tpot_ns
             if tpot is not None:
                 out["tpot_ms"] = tpot / 1e6
+            if self.server is not None:
+                out.update(server_timing.request_fields(self.server, self.ttft_ns / 1e6 if self.first_ns else None))
             if self.itl_ns:
                 out["itl_ms"] = [gap / 1e6 for gap in self.itl_ns]  # as vLLM bench serve's --save-detailed "itls"
         else:
@@ -227,6 +232,7 @@ async def _read_stream(resp: httpx.Response, rec: RequestRecord, stamps: Any) ->
             if usage:
                 rec.usage_out = usage.get("completion_tokens")
                 rec.usage_in = usage.get("prompt_tokens")
+                rec.server = server_timing.take(obj)  # rides on the usage trailer
     if not done:
         rec.fail(STREAM, "stream ended before [DONE]")
     elif not rec.first_ns and rec.ok:
@@ -247,3 +253,4 @@ def _read_whole(raw: bytes, rec: RequestRecord) -> None:
     rec.usage_out = usage.get("completion_tokens")
     rec.usage_in = usage.get("prompt_tokens")
     rec.chunk_tokens = 1 if obj.get("choices") else 0
+    rec.server = server_timing.take(obj)

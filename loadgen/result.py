@@ -16,14 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from hpload.errors import HploadError
+from hpload.loadgen import server_timing
 from hpload.loadgen.hist import LatencyHistogram
+from hpload.loadgen.prom_quantile import format_bounds_ms
 
 FORMAT_VERSION = 1
 
 # The four vLLM bench serve metrics, then the open-loop ones measured from the scheduled send time.
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 SCHEDULE_METRICS = ("ttft_from_schedule", "e2el_from_schedule", "schedule_lag")
-ALL_METRICS = LATENCY_METRICS + SCHEDULE_METRICS
+# Per request, from the server's own timings where it gives them.
+SERVER_TIMING_METRICS = server_timing.METRICS
+ALL_METRICS = LATENCY_METRICS + SCHEDULE_METRICS + SERVER_TIMING_METRICS
 
 # Counters that add across workers; the ``*_ns`` bounds take min/max instead.
 SUM_COUNTERS = (
@@ -302,6 +306,7 @@ def format_table(result: RunResult) -> str:
             f"server: ttft mean {sm['ttft_mean_ms']:.2f} ms (client {s['mean_ttft_ms']:.2f})"
             + (f"  tpot mean {sm['tpot_mean_ms']:.2f}" if sm.get("tpot_mean_ms") is not None else "")
             + (f"  queue mean {sm['queue_mean_ms']:.2f}" if sm.get("queue_mean_ms") is not None else "")
+            + (f" p99 {format_bounds_ms(*sm['queue_p99_ms_bounds'])}" if sm.get("queue_p99_ms_bounds") else "")
         )
     h = result.health
     if h:

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from hpload.servers import openai_api as oa
 from hpload.servers.hf_engine import Engine, GenParams, Stream
+from hpload.servers.hf_timing import per_request_metrics
 
 log = logging.getLogger("hpload.hf")
 
@@ -231,7 +232,9 @@ class WrapperApp:
             first = False
         if req.include_usage:
             use = oa.usage(len(stream.prompt_ids), stream.output_tokens)
-            yield oa.sse(oa.usage_chunk(kind, rid, self.model_name, created, use))
+            trailer = oa.usage_chunk(kind, rid, self.model_name, created, use)
+            trailer["metrics"] = per_request_metrics(stream)  # as vLLM's --enable-per-request-metrics
+            yield oa.sse(trailer)
         yield oa.sse("[DONE]")
 
     async def _whole(
@@ -247,7 +250,9 @@ class WrapperApp:
             if reason is not None:
                 finish = "length" if reason == "length" else "stop"
         use = oa.usage(len(stream.prompt_ids), stream.output_tokens)
-        return JSONResponse(oa.full_response(kind, rid, self.model_name, "".join(parts), finish, use))
+        reply = oa.full_response(kind, rid, self.model_name, "".join(parts), finish, use)
+        reply["metrics"] = per_request_metrics(stream)
+        return JSONResponse(reply)
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)
