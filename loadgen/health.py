@@ -19,6 +19,7 @@ import psutil
 
 from hpload.loadgen.hist import LatencyHistogram
 from hpload.loadgen.snapshot import ClientHealth
+from hpload.loadgen.starvation import RunQueueMeter, starved, starved_message
 
 PROBE_PERIOD_S = 0.02
 CPU_BUSY_PERCENT = 90.0  # of one core: a single asyncio process cannot go beyond ~100
@@ -36,6 +37,8 @@ class HealthMonitor:
         self._t_start_ns = perf_counter_ns()
         self._t_last_ns = self._t_start_ns
         self.peak_rss_mb = 0.0
+        self._runq = RunQueueMeter()
+        self.runq_wait_percent: float | None = None
         self.busy_intervals = 0
         self.intervals = 0
         self.warnings: list[str] = []
@@ -67,7 +70,8 @@ class HealthMonitor:
             self.peak_rss_mb = max(self.peak_rss_mb, self._proc.memory_info().rss / 2**20)
         except psutil.Error:
             pass
-        warning = verdict(cpu_percent, lag_ms, schedule_lag_p99_ms)
+        self.runq_wait_percent = self._runq.sample()
+        warning = verdict(cpu_percent, lag_ms, schedule_lag_p99_ms, self.runq_wait_percent)
         self.intervals += 1
         if warning:
             self.busy_intervals += 1
@@ -78,7 +82,8 @@ class HealthMonitor:
         cpu_s = self._cpu_s() - self._cpu_start
         cpu_percent = 100.0 * cpu_s / wall_s
         lag_p99 = self.loop_lag.percentile_us(99) / 1000
-        warning = verdict(cpu_percent, lag_p99, schedule_lag_p99_ms)
+        runq = self._runq.total()
+        warning = verdict(cpu_percent, lag_p99, schedule_lag_p99_ms, runq)
         warnings = [warning] if warning else []
         return {
             "cpu_percent": cpu_percent,
@@ -86,6 +91,8 @@ class HealthMonitor:
             "loop_lag_p99_ms": lag_p99,
             "loop_lag_max_ms": self.loop_lag.moments.high / 1000 if self.loop_lag.count else 0.0,
             "schedule_lag_p99_ms": schedule_lag_p99_ms,
+            "runq_wait_percent": runq,
+            "starved": starved(cpu_percent, runq) and bool(warning),
             "bottleneck": bool(warning),
             "busy_intervals": self.busy_intervals,
             "intervals": self.intervals,
@@ -94,8 +101,11 @@ class HealthMonitor:
         }
 
 
-def verdict(cpu_percent: float, loop_lag_ms: float, schedule_lag_ms: float) -> str | None:
-    """One warning line when the client may be the bottleneck, else None."""
+def verdict(
+    cpu_percent: float, loop_lag_ms: float, schedule_lag_ms: float, runq_wait_percent: float | None = None
+) -> str | None:
+    """One warning line when the client may be the bottleneck, else None; it names a starved host (another process
+    held the client's core: hpload.loadgen.starvation) apart from a busy client."""
     causes = []
     if cpu_percent >= CPU_BUSY_PERCENT:
         causes.append(f"CPU {cpu_percent:.0f}% of a core")
@@ -105,4 +115,7 @@ def verdict(cpu_percent: float, loop_lag_ms: float, schedule_lag_ms: float) -> s
         causes.append(f"sends {schedule_lag_ms:.1f} ms behind schedule (p99)")
     if not causes:
         return None
+    if starved(cpu_percent, runq_wait_percent) and cpu_percent < CPU_BUSY_PERCENT:
+        assert runq_wait_percent is not None
+        return starved_message(cpu_percent, runq_wait_percent, causes)
     return "client may be the bottleneck (" + "; ".join(causes) + "): add --workers or lower the load"
