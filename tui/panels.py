@@ -221,8 +221,8 @@ class ServerPanel(Vertical):
         if health is not None and health.bottleneck:
             reason = health.warning or "the load generator is saturated"
             # A starved client is not the bottleneck: the host is (hpload.loadgen.starvation).
-            head = "HOST STARVES THE CLIENT" if "starving the client" in reason else "CLIENT IS THE BOTTLENECK"
-            warning.update(f"⚠ {head}: {reason}")
+            title = "HOST STARVES THE CLIENT" if "starving the client" in reason else "CLIENT IS THE BOTTLENECK"
+            warning.update(f"⚠ {title}: {reason}")
 
         self.query_one(".req-label", Static).update(rate_label("requests/s", self.req_rate.values))
         self.query_one(".tok-label", Static).update(rate_label("output tok/s", self.tok_rate.values))
