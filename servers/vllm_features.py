@@ -8,8 +8,9 @@ import functools
 import importlib.util
 from pathlib import Path
 
-# Where vLLM's front-end arguments have lived: entrypoints/openai/cli_args.py up to ~0.2x, then launchers/.
-_ARG_FILES = ("entrypoints/launchers/cli_args.py", "entrypoints/openai/cli_args.py")
+# Where vLLM's front-end arguments have lived: entrypoints/openai/cli_args.py, then entrypoints/launchers/ (0.32);
+# any entrypoints/**/cli_args.py is read, so a move in another release is still found.
+_ARG_GLOB = "entrypoints/**/cli_args.py"
 
 
 @functools.cache
@@ -19,9 +20,9 @@ def _arg_sources() -> str:
         return ""
     root = Path(next(iter(spec.submodule_search_locations)))
     texts = []
-    for rel in _ARG_FILES:
+    for path in sorted(root.glob(_ARG_GLOB)):
         try:
-            texts.append((root / rel).read_text(encoding="utf-8", errors="replace"))
+            texts.append(path.read_text(encoding="utf-8", errors="replace"))
         except OSError:
             continue
     return "\n".join(texts)
