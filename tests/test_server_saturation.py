@@ -48,3 +48,21 @@ def test_cpu_of_a_launched_process_tree_names_its_engine_core() -> None:
     top = cpu.processes[0]
     assert top["role"] == "engine core" and top["cpu_percent"] > 20, cpu.processes
     assert all(p["role"] != "engine core" for p in cpu.processes[1:])
+
+
+async def test_a_measured_point_records_its_launched_servers_processes() -> None:
+    from hpload.loadgen import SLO, LoadSpec, WorkloadSpec
+    from hpload.scenarios.runner import ServerKeeper, measure
+    from hpload.servers import EchoSettings
+
+    keeper = ServerKeeper()
+    try:
+        result, error = await measure(keeper, EchoSettings(ttft_ms=5, itl_ms=1, output_tokens=16),
+                                      WorkloadSpec(input_len=8, max_tokens=16), LoadSpec(concurrency=8, num_requests=200),
+                                      SLO())  # fmt: skip
+    finally:
+        await keeper.close()
+    assert error is None and result is not None
+    processes = (result.server_metrics or {})["processes"]
+    # The echo server is one process: it did the work, and it is named as the server.
+    assert processes and processes[0]["role"] == "echo server" and processes[0]["cpu_percent"] > 1, processes
