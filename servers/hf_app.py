@@ -228,7 +228,12 @@ class WrapperApp:
                 yield oa.sse({"error": {"message": f"generation failed: {error}", "type": "server_error", "code": 500}})
                 break
             finish = None if reason is None else ("length" if reason == "length" else "stop")
-            yield encoder.encode(delta, finish, role=first)
+            if first and kind == "chat":
+                # As vLLM: the role in a chunk of its own, so the first token's chunk counts as a token even when
+                # its text is empty (a held-back partial character); clients skip a role-only chunk.
+                yield encoder.encode("", None, role=True) + encoder.encode(delta, finish)
+            else:
+                yield encoder.encode(delta, finish, role=first)
             first = False
         if req.include_usage:
             use = oa.usage(len(stream.prompt_ids), stream.output_tokens)

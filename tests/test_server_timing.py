@@ -97,3 +97,13 @@ async def test_hf_wrapper_returns_the_same_metrics_object(hf_server: Server, tin
     workload = WorkloadSpec(input_len=INPUT_LEN, max_tokens=MAX_TOKENS, num_prompts=N)
     result, lines = await run_saved(hf_server, tiny_model, workload, tmp_path / "req.jsonl")
     check_server_timings(result, lines)
+
+
+async def test_hf_wrapper_chat_counts_every_token_once(hf_server: Server, tiny_model: Path, tmp_path: Path) -> None:
+    # The wrapper opens a chat stream with a role-only chunk, as vLLM does: not a token, so the client's chunk count
+    # equals the server's usage, request by request.
+    workload = WorkloadSpec(endpoint="chat", input_len=INPUT_LEN, max_tokens=MAX_TOKENS, ignore_eos=True, num_prompts=N)
+    result, lines = await run_saved(hf_server, tiny_model, workload, tmp_path / "req.jsonl")
+    assert all(line["chunk_tokens"] == line["output_tokens"] == MAX_TOKENS for line in lines), lines[0]
+    assert result.token_check["output_usage_mismatch"] == 0
+    check_server_timings(result, lines)
