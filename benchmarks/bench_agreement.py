@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -219,6 +220,8 @@ def main() -> None:
         a.concurrency = int(a.concurrency)
         {"hpload": role_hpload, "minimal": role_minimal, "vllm-bench": role_vllm_bench}[a.role](a, Path(a.role_out))
         return
+    # SIGTERM (timeout, a CI job ending) unwinds through the finally below, so a started server never outlives us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = None
     if a.url is None:
         server = start_vllm_cpu()
