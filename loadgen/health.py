@@ -53,14 +53,17 @@ class HealthMonitor:
         period_ns = int(PROBE_PERIOD_S * 1e9)
         # Made here, on the loop's own thread: it reads that thread's run-queue wait.
         self._lag_cause = cause = LagAttribution()
-        while True:
-            t0 = perf_counter_ns()
-            await asyncio.sleep(PROBE_PERIOD_S)
-            lag_ns = max(perf_counter_ns() - t0 - period_ns, 0)
-            cause.woke(lag_ns)
-            lag_us = lag_ns // 1000
-            self.loop_lag.record_us(lag_us)
-            self._interval_lag.record_us(lag_us)
+        try:
+            while True:
+                t0 = perf_counter_ns()
+                await asyncio.sleep(PROBE_PERIOD_S)
+                lag_ns = max(perf_counter_ns() - t0 - period_ns, 0)
+                cause.woke(lag_ns)
+                lag_us = lag_ns // 1000
+                self.loop_lag.record_us(lag_us)
+                self._interval_lag.record_us(lag_us)
+        finally:
+            cause.close()
 
     def sample(self, schedule_lag_p99_ms: float = 0.0) -> ClientHealth:
         """Health over the interval since the previous sample."""

@@ -74,6 +74,7 @@ class LagAttribution:
         import threading
 
         self._fh = None
+        self._closed_available = False
         try:
             self._fh = open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb")  # noqa: SIM115
         except OSError:
@@ -106,14 +107,24 @@ class LagAttribution:
     def available(self) -> bool:
         return self._fh is not None
 
+    def close(self) -> None:
+        """The shares stay readable; only the schedstat file is let go (one per run, not one per process life)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            self._closed_available = True
+
     def interval_share(self) -> float | None:
         """The share (0-1) of the loop's lag spent waiting for a CPU since the last call; None without lag."""
-        out = self.explained_ns / self.lag_ns if self.lag_ns and self.available else None
+        out = self.explained_ns / self.lag_ns if self.lag_ns and self._readable() else None
         self.lag_ns = self.explained_ns = 0
         return out
 
     def total_share(self) -> float | None:
-        return self.total_explained_ns / self.total_lag_ns if self.total_lag_ns and self.available else None
+        return self.total_explained_ns / self.total_lag_ns if self.total_lag_ns and self._readable() else None
+
+    def _readable(self) -> bool:
+        return self._fh is not None or self._closed_available
 
 
 # Starved: most of the loop's lag was time spent runnable, waiting for a CPU another process held. (A loop blocked by
