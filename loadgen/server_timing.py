@@ -17,8 +17,10 @@ neither the scheduler nor the model spent: HTTP front end, tokenisation, IPC, de
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from hpload.loadgen.vocabulary import SERVER_TIMING_METRICS
 
 # the server's field -> the name in hpload's --save-requests lines
 FIELDS = {
@@ -29,7 +31,7 @@ FIELDS = {
     "tokens_per_second": "server_tokens_per_second",
 }
 # per-run HdrHistograms (microseconds), beside the client's own
-METRICS = ("ttft_gap", "server_queue", "ttft_outside_engine")
+METRICS = SERVER_TIMING_METRICS  # named once, in the result vocabulary
 
 
 def take(obj: dict[str, Any]) -> dict[str, float] | None:
@@ -67,9 +69,9 @@ def record(add: Callable[[str, int], None], server: dict[str, float], client_ttf
             add("ttft_outside_engine", gap_us - round(queue * 1000))
 
 
-def summary_lines(summary: dict[str, Any]) -> list[str]:
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     """Human lines for a run's summary (console report, TUI); empty when the server gave no per-request timings."""
-    if not summary.get("p50_ttft_gap_ms") and "mean_ttft_gap_ms" not in summary:
+    if "mean_ttft_gap_ms" not in summary:
         return []
     lines = []
     for name, what in (

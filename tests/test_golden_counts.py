@@ -21,7 +21,7 @@ import pytest
 
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.loadgen.starvation import RunQueueMeter
-from hpload.servers.echo_chunks import plan
+from hpload.servers.echo.chunks import plan
 
 N, TOKENS, INPUT_LEN = 16, 10, 12
 TTFT_MS, ITL_MS = 20.0, 5.0

@@ -7,6 +7,7 @@ import pytest
 
 from hpload.loadgen import prom
 from hpload.loadgen.prom_quantile import format_bounds_ms, point_value, quantile_bounds
+from hpload.loadgen.vocabulary import SERVER_COUNTERS, SERVER_HISTOGRAMS, SERVER_METRICS_KEYS
 
 # vLLM's request_queue_time_seconds buckets start at 0.3 s.
 QUEUE_BUCKETS = ("0.3", "0.5", "0.8", "1.0", "1.5", "2.0", "2.5", "5.0", "10.0", "+Inf")
@@ -33,6 +34,21 @@ def test_mean_zero_all_in_first_bucket_is_not_p50_150ms() -> None:
         assert side.get(f"queue_{q}_ms", 0.0) == 0.0  # never 150 or 297 ms
     text = format_bounds_ms(*side["queue_p50_ms_bounds"])
     assert "150" not in text
+    assert set(side) <= SERVER_METRICS_KEYS, set(side) - SERVER_METRICS_KEYS  # the bounds keys are declared
+
+
+def test_every_server_metrics_key_is_in_the_vocabulary() -> None:
+    # Every histogram and counter prom.py reads, with narrow buckets (point values) and a coarse one (bounds only).
+    lines = []
+    for suffix in {s for suffixes in prom.HISTOGRAMS.values() for s in suffixes}:
+        name = f"vllm:{suffix}"
+        lines += [f'{name}_bucket{{le="0.01"}} 5', f'{name}_bucket{{le="0.0101"}} 10', f'{name}_bucket{{le="+Inf"}} 10',
+                  f"{name}_sum 0.1", f"{name}_count 10"]
+    lines += [f"vllm:{suffix} 7" for suffix in prom.COUNTERS.values()]
+    side = prom.server_side(None, prom.parse("\n".join(lines) + "\n"))
+    assert side is not None and "ttft_p99_ms" in side and "ttft_p50_ms_bounds" in side and "requests_succeeded" in side
+    assert set(side) <= SERVER_METRICS_KEYS, set(side) - SERVER_METRICS_KEYS
+    assert tuple(prom.HISTOGRAMS) == SERVER_HISTOGRAMS and tuple(prom.COUNTERS) == SERVER_COUNTERS
 
 
 def test_small_mean_bounds_quantiles_inside_a_coarse_bucket() -> None:

@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from hpload.servers import openai_api as oa
-from hpload.servers.hf_engine import Engine, GenParams, Stream
-from hpload.servers.hf_timing import per_request_metrics
+from hpload.servers.hf import openai_api as oa
+from hpload.servers.hf.engine import Engine, GenParams, Stream
+from hpload.servers.hf.timing import per_request_metrics
 
 log = logging.getLogger("hpload.hf")
 
