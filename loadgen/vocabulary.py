@@ -139,13 +139,15 @@ HEALTH_KEYS = frozenset({
 
 # The server's own view (RunResult.server_metrics, from Prometheus: hpload.loadgen.prom.server_side): per histogram
 # a count, a mean, and p50/p99 as an interval ``*_ms_bounds`` [low, high] (hpload.loadgen.prom_quantile), with the
-# point value ``*_ms`` only where that interval is narrow; then the token and request counters.
+# point value ``*_ms`` only where that interval is narrow; then the token and request counters, and the server's
+# processes.
 SERVER_HISTOGRAMS = ("ttft", "tpot", "itl", "queue", "e2el")
 SERVER_COUNTERS = ("generation_tokens", "prompt_tokens", "requests_succeeded")
 SERVER_METRICS_KEYS = frozenset(
     [f"{h}_{k}" for h in SERVER_HISTOGRAMS for k in ("count", "mean_ms", "p50_ms", "p99_ms", "p50_ms_bounds",
                                                      "p99_ms_bounds")]
     + list(SERVER_COUNTERS)
+    + ["processes"]  # the launched server's processes and their CPU use (hpload.servers.saturation)
 )
 
 # ---- counters: the merge rule ----

@@ -9,6 +9,7 @@ import time
 
 import psutil
 
+from hpload.loadgen.vocabulary import SERVER_METRICS_KEYS
 from hpload.servers.saturation import ServerCpu, verdict
 
 PROCS = [{"pid": 11, "role": "API server", "cpu_percent": 99.0}, {"pid": 12, "role": "engine core", "cpu_percent": 41.0}]
@@ -64,5 +65,6 @@ async def test_a_measured_point_records_its_launched_servers_processes() -> None
         await keeper.close()
     assert error is None and result is not None
     processes = (result.server_metrics or {})["processes"]
+    assert set(result.server_metrics or {}) <= SERVER_METRICS_KEYS
     # The echo server is one process: it did the work, and it is named as the server.
     assert processes and processes[0]["role"] == "echo server" and processes[0]["cpu_percent"] > 1, processes
