@@ -17,6 +17,7 @@ from typing import Any
 
 from hpload.errors import HploadError
 from hpload.loadgen.hist import LatencyHistogram
+from hpload.loadgen.prom_quantile import format_bounds_ms
 from hpload.loadgen.vocabulary import (
     ALL_METRICS,
     BOUND_COUNTERS,
@@ -241,6 +242,13 @@ def merge_health(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "bottleneck": any(bool(p.get("bottleneck")) for p in parts),
         "peak_rss_mb": max(float(p.get("peak_rss_mb", 0.0)) for p in parts),
     }
+    # host starvation (hpload.loadgen.starvation): the worst worker; None where no worker could read its run queue
+    for key in ("runq_wait_percent", "loop_lag_waiting_share"):
+        seen = [float(p[key]) for p in parts if p.get(key) is not None]
+        if any(key in p for p in parts):
+            out[key] = max(seen) if seen else None
+    if any("starved" in p for p in parts):
+        out["starved"] = any(bool(p.get("starved")) for p in parts)
     warnings = [w for p in parts for w in p.get("warnings", [])]
     out["warnings"] = list(dict.fromkeys(warnings))
     return out
@@ -286,6 +294,7 @@ def format_table(result: RunResult) -> str:
             f"server: ttft mean {sm['ttft_mean_ms']:.2f} ms (client {s['mean_ttft_ms']:.2f})"
             + (f"  tpot mean {sm['tpot_mean_ms']:.2f}" if sm.get("tpot_mean_ms") is not None else "")
             + (f"  queue mean {sm['queue_mean_ms']:.2f}" if sm.get("queue_mean_ms") is not None else "")
+            + (f" p99 {format_bounds_ms(*sm['queue_p99_ms_bounds'])}" if sm.get("queue_p99_ms_bounds") else "")
         )
     h = result.health
     if h:

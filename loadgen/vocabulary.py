@@ -15,7 +15,10 @@ from typing import Any, TypedDict
 # The four vLLM bench serve metrics, then the open-loop ones measured from the scheduled send time.
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 SCHEDULE_METRICS = ("ttft_from_schedule", "e2el_from_schedule", "schedule_lag")
-ALL_METRICS = LATENCY_METRICS + SCHEDULE_METRICS
+# Per request, from the server's own timings where it gives them (hpload.loadgen.server_timing): client TTFT minus
+# server TTFT, the server's queue, and the client TTFT neither the queue nor the engine spent.
+SERVER_TIMING_METRICS = ("ttft_gap", "server_queue", "ttft_outside_engine")
+ALL_METRICS = LATENCY_METRICS + SCHEDULE_METRICS + SERVER_TIMING_METRICS
 STATS = ("mean", "median", "std", "p90", "p99", "max")  # p50 is written "median", as vLLM does
 
 
@@ -84,6 +87,25 @@ class Summary(TypedDict, total=False):
     p90_schedule_lag_ms: float
     p99_schedule_lag_ms: float
     max_schedule_lag_ms: float
+    # written only when the server gave per-request timings (vLLM --enable-per-request-metrics, the hf wrapper)
+    mean_ttft_gap_ms: float
+    median_ttft_gap_ms: float
+    std_ttft_gap_ms: float
+    p90_ttft_gap_ms: float
+    p99_ttft_gap_ms: float
+    max_ttft_gap_ms: float
+    mean_server_queue_ms: float
+    median_server_queue_ms: float
+    std_server_queue_ms: float
+    p90_server_queue_ms: float
+    p99_server_queue_ms: float
+    max_server_queue_ms: float
+    mean_ttft_outside_engine_ms: float
+    median_ttft_outside_engine_ms: float
+    std_ttft_outside_engine_ms: float
+    p90_ttft_outside_engine_ms: float
+    p99_ttft_outside_engine_ms: float
+    max_ttft_outside_engine_ms: float
 
 
 SUMMARY_KEYS: frozenset[str] = frozenset(Summary.__annotations__)
@@ -109,8 +131,24 @@ RESULT_KEYS = frozenset({
 })
 HEALTH_KEYS = frozenset({
     "cpu_percent", "cpu_s", "loop_lag_p99_ms", "loop_lag_max_ms", "schedule_lag_p99_ms", "bottleneck", "peak_rss_mb",
+    # host starvation (hpload.loadgen.starvation): run-queue wait of the client, the share of loop lag spent waiting
+    # for a CPU other processes held, and the verdict that the host, not the client, was the bottleneck
+    "runq_wait_percent", "loop_lag_waiting_share", "starved",
     "warnings", "busy_intervals", "intervals",  # the last two: single-process runs only (merge_health drops them)
 })
+
+# The server's own view (RunResult.server_metrics, from Prometheus: hpload.loadgen.prom.server_side): per histogram
+# a count, a mean, and p50/p99 as an interval ``*_ms_bounds`` [low, high] (hpload.loadgen.prom_quantile), with the
+# point value ``*_ms`` only where that interval is narrow; then the token and request counters, and the server's
+# processes.
+SERVER_HISTOGRAMS = ("ttft", "tpot", "itl", "queue", "e2el")
+SERVER_COUNTERS = ("generation_tokens", "prompt_tokens", "requests_succeeded")
+SERVER_METRICS_KEYS = frozenset(
+    [f"{h}_{k}" for h in SERVER_HISTOGRAMS for k in ("count", "mean_ms", "p50_ms", "p99_ms", "p50_ms_bounds",
+                                                     "p99_ms_bounds")]
+    + list(SERVER_COUNTERS)
+    + ["processes"]  # the launched server's processes and their CPU use (hpload.servers.saturation)
+)
 
 # ---- counters: the merge rule ----
 # Counters that add across workers and deltas ...

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import TextIO
 
+from hpload.loadgen import server_timing
 from hpload.loadgen.snapshot import Snapshot
 from hpload.scenarios.points import Point
 from hpload.scenarios.results import PointRecord
@@ -81,6 +82,8 @@ class ConsoleProgress:
             f"p99 ttft {float(s.get('p99_ttft_ms') or 0):.1f} ms  p99 tpot {float(s.get('p99_tpot_ms') or 0):.2f} ms"
             + (f"  failed {s.get('failed')}" if s.get("failed") else "")
         )
+        for line in server_timing.summary_lines(s):
+            self._write_line(f"[{index}/{total}] {record.label}: {line}")
         for warning in record.warnings:
             # Even with --quiet: a point's figures are read with its warnings, and progress lines scroll away.
             self._write_line(f"[{index}/{total}] {record.label}: warning: {warning}", always=True)

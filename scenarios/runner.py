@@ -160,17 +160,21 @@ async def measure(
     except ServerError as err:
         return None, one_line(str(err), 300)
     from hpload.gpu import GpuSampler
+    from hpload.servers.saturation import ServerCpu, server_pid
+    from hpload.servers.saturation import judge as judge_saturation
 
     keeper.listener.measuring(server_settings)
     try:
         # GPU telemetry beside the client's metrics; where there is no GPU the sampler records why and costs nothing.
-        with GpuSampler() as gpu:
+        # and the CPU use of the server's own processes, to name a saturated one (hpload.servers.saturation).
+        with GpuSampler() as gpu, ServerCpu(server_pid(server), server_settings.kind) as server_cpu:
             result = await run_load(
                 target_for(server, server_settings), workload, load, slo=slo, observer=observer, stop=stop,
                 requests_path=requests_path,
             )  # fmt: skip
         result.gpu = gpu.summary()
         result.warnings += server_caveats(server_settings, workload)
+        judge_saturation(result, server_cpu)
     except ServerError as err:
         await keeper.close()
         return None, one_line(str(err), 300)

@@ -60,6 +60,18 @@ def health_line(health: ClientHealth | None) -> str:
     )
 
 
+def server_timing_line(snap: Snapshot | None) -> str:
+    """The server's own per-request view, where it gives one: client-minus-server TTFT and server queue, p50/p99."""
+    if snap is None or "ttft_gap" not in snap.metrics:
+        return ""
+    gap = snap.metrics["ttft_gap"]
+    line = f"\nserver  ttft gap p50 {format_ms(gap.p50_ms)} p99 {format_ms(gap.p99_ms)}"
+    queue = snap.metrics.get("server_queue")
+    if queue is not None:
+        line += f"  queue p50 {format_ms(queue.p50_ms)} p99 {format_ms(queue.p99_ms)}"
+    return line
+
+
 def rate_label(name: str, history: deque[float]) -> str:
     if not history:
         return f"{name}  -"
@@ -209,12 +221,14 @@ class ServerPanel(Vertical):
         self.set_class(bool(health and health.bottleneck), "-bottleneck")
         if health is not None and health.bottleneck:
             reason = health.warning or "the load generator is saturated"
-            warning.update(f"⚠ CLIENT IS THE BOTTLENECK: {reason}")
+            # A starved client is not the bottleneck: the host is (hpload.loadgen.starvation).
+            title = "HOST STARVES THE CLIENT" if "starving the client" in reason else "CLIENT IS THE BOTTLENECK"
+            warning.update(f"⚠ {title}: {reason}")
 
         self.query_one(".req-label", Static).update(rate_label("requests/s", self.req_rate.values))
         self.query_one(".tok-label", Static).update(rate_label("output tok/s", self.tok_rate.values))
         self.query_one(".errors", Static).update(errors_line(snap.errors if snap else {}))
-        self.query_one(".health", Static).update(health_line(health))
+        self.query_one(".health", Static).update(health_line(health) + server_timing_line(snap))
 
 
 class PointsTable(DataTable[Any]):

@@ -48,6 +48,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from hpload import netstamp
+from hpload.servers.echo import chunks as echo_chunks
 
 if TYPE_CHECKING:
     from hpload.loadgen.hist import LatencyHistogram
@@ -80,7 +81,8 @@ API_KEY_ENV = "HPLOAD_ECHO_API_KEY"
 
 class EchoConfig:
     def __init__(
-        self, ttft_ms: float, itl_ms: float, output_tokens: int, model: str = "echo", api_key: str | None = None
+        self, ttft_ms: float, itl_ms: float, output_tokens: int, model: str = "echo", api_key: str | None = None,
+        chunks: str = "plain",
     ) -> None:
         self.ttft_s = ttft_ms / 1000
         self.itl_s = itl_ms / 1000
@@ -90,6 +92,7 @@ class EchoConfig:
         self.output_tokens = output_tokens
         self.model = model
         self.api_key = api_key
+        self.chunks = chunks  # a chunk pattern of hpload.servers.echo.chunks, for golden tests
 
 
 class EchoStats:
@@ -192,16 +195,21 @@ class TraceWriter:
     def __init__(self, path: str | Path) -> None:
         self.fh = open(path, "w", encoding="utf-8", buffering=1 << 20)
         self.pending: list[tuple[str | None, int, list[int]]] = []
+        self.sent: dict[int, list[int]] = {}  # id(write_ns) -> stamps just after each send() (chunk patterns only)
 
-    def add(self, request_id: str | None, arrival_ns: int, write_ns: list[int]) -> None:
+    def add(self, request_id: str | None, arrival_ns: int, write_ns: list[int], sent_ns: list[int] | None = None) -> None:
         self.pending.append((request_id, arrival_ns, write_ns))
+        if sent_ns is not None:
+            self.sent[id(write_ns)] = sent_ns
 
     def write_some(self, limit: int) -> bool:
         """Format and write up to ``limit`` lines; True while more wait."""
         batch, self.pending = self.pending[:limit], self.pending[limit:]
         self.fh.write(
             "".join(
-                f'{{"id":{json.dumps(rid)},"arrival_ns":{arrival},"write_ns":[{",".join(map(str, writes))}]}}\n'
+                f'{{"id":{json.dumps(rid)},"arrival_ns":{arrival},"write_ns":[{",".join(map(str, writes))}]'
+                + (f',"sent_ns":[{",".join(map(str, self.sent.pop(id(writes))))}]' if self.sent else "")
+                + "}\n"
                 for rid, arrival, writes in batch
             )
         )
@@ -452,7 +460,13 @@ class EchoConnection:
         chat = path.endswith("chat/completions")
         # Bytes that were complete while an earlier response was still timed could not start before it ended.
         arrival_ns = max(self.read_ns, self.free_ns)
-        if body.get("stream"):
+        if body.get("stream") and cfg.chunks != "plain":
+            writes = echo_chunks.plan(cfg.chunks, chat, n, include_usage, bool(body.get("return_token_ids")),
+                                      prompt_tokens, cfg.model)  # fmt: skip
+            self.busy = True
+            echo_chunks.PatternStream(self, writes, arrival_ns, headers.get("x-request-id"), prompt_tokens,
+                                      _STREAM_HEAD, _chunk).start()  # fmt: skip
+        elif body.get("stream"):
             self._stream(chat, n, prompt_tokens, include_usage, arrival_ns, headers.get("x-request-id"))
         else:
             self._whole(chat, n, prompt_tokens, arrival_ns)
@@ -703,12 +717,13 @@ async def serve_echo(
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     trace_path: str | Path | None = None,
+    chunks: str = "plain",
 ) -> None:
     """Serve until ``stop`` is set (or forever). ``ready(port)`` is called once listening (port 0 = a free port).
 
     ``trace_path``: write one JSON line per finished stream there (flushed every second and on the way out).
     """
-    config = EchoConfig(ttft_ms, itl_ms, output_tokens, model, api_key)
+    config = EchoConfig(ttft_ms, itl_ms, output_tokens, model, api_key, chunks)
     stats = EchoStats()
     loop = asyncio.get_running_loop()
     selector = getattr(loop, "_selector", None)
@@ -791,6 +806,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precise", action="store_true", help="microsecond timers (select() on epoll, no timer slack)")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="write one JSON line per finished stream: x-request-id, kernel arrival and every write (ns)")  # fmt: skip
+    p.add_argument("--chunks", default="plain", choices=echo_chunks.PATTERNS,
+                   help="a known chunk pattern for golden tests (hpload/servers/echo/chunks.py)")  # fmt: skip
     return p
 
 
@@ -817,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         await serve_echo(
             args.host, args.port, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, output_tokens=args.output_tokens,
             model=args.model, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, ready=announce, stop=stop,
-            trace_path=args.trace,
+            trace_path=args.trace, chunks=args.chunks,
         )  # fmt: skip
 
     # Everything start-up made (numpy, hdrh, the loadgen package serve_echo pulls in) leaves the collector's view:
