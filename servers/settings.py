@@ -78,6 +78,13 @@ class EchoSettings(_Strict):
     to whole milliseconds (~0.5 ms late)."""
     trace: str | None = None
     """A file to get one JSON line per finished stream: its X-Request-Id, kernel arrival and every write time."""
+    batching: bool = False
+    """Behave like a batching inference server (FIFO queue, steps that grow with the batch, a prefill cost per
+    prompt token, ``max_batch``): ttft_ms/itl_ms are then unused. The model: docs/capacity.md."""
+    step_ms: float = Field(default=10.0, ge=0)
+    step_per_seq_ms: float = Field(default=0.5, ge=0)
+    max_batch: int = Field(default=16, ge=1)
+    prefill_ms_per_token: float = Field(default=0.02, ge=0)
     served_model_name: str = "echo"
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=0, le=65535)
