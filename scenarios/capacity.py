@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpload.errors import HploadError
 from hpload.loadgen.specs import SLO
@@ -113,8 +113,8 @@ def parse_slo_overrides(base: SLO, items: list[str]) -> SLO:
             raise HploadError(f"--slo {key}: '{value}' is not a number; fix: e.g. --slo {key}=500") from None
     try:
         return SLO.model_validate(data)
-    except Exception as err:  # pydantic's ValidationError, shortened to the field
-        first = err.errors()[0] if hasattr(err, "errors") else {"loc": ("slo",), "msg": str(err)}
+    except ValidationError as err:
+        first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise HploadError(f"--slo {loc}: {first['msg']}; fix: change that value") from None
 

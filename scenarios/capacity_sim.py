@@ -165,6 +165,15 @@ def probe_verdict(model: BatchingModel, rate: float, slo: SLO, spec: CapacitySpe
 
 def true_capacity(model: BatchingModel, slo: SLO, spec: CapacitySpec, *, input_len: int, max_tokens: int,
                   seed: int, resolution: float = 0.005) -> float:  # fmt: skip
+    """What a search with ``spec`` should find for arrival seed ``seed``: a rate passes when the full probes of every
+    seed the search replicates with (``seed`` .. ``seed + replicates``) pass, as the capacity rate must; the truth is
+    the lowest first-failing rate over those seeds (the knee below the first failure)."""
+    return min(_knee(model, slo, spec, input_len=input_len, max_tokens=max_tokens, seed=seed + j,
+                     resolution=resolution) for j in range(spec.replicates + 1))  # fmt: skip
+
+
+def _knee(model: BatchingModel, slo: SLO, spec: CapacitySpec, *, input_len: int, max_tokens: int,
+          seed: int, resolution: float) -> float:  # fmt: skip
     """The highest rate below the first failing one, scanning up from ``min_rate`` by 10% and then by
     ``resolution`` between the last pass and the first failure. 0 when ``min_rate`` already fails."""
     def ok(r: float) -> bool:

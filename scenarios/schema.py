@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
+from hpload.scenarios.capacity import CapacitySpec
 from hpload.scenarios.space import ParamSpec
 from hpload.servers.settings import EchoSettings, ExternalSettings, HFSettings, ServerSettings, VllmSettings
 
@@ -125,6 +126,8 @@ class Scenario(_Strict):
     """When a point fails (its server crashed or never came up): go on with the next point, or stop the sweep."""
     sweep: SweepSpec | None = None
     tune: TuneSpec | None = None
+    capacity: CapacitySpec | None = None
+    """A capacity search per server (``hpload capacity``, or ``hpload run`` on a scenario with this table)."""
 
     @field_validator("thresholds")
     @classmethod
