@@ -29,12 +29,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
     from pathlib import Path
 
     from hpload.scenarios.cli_run import server_table
     from hpload.scenarios.loader import ScenarioError, load_scenario
-    from hpload.scenarios.runner import default_results_dir
 
     def edit(data: dict[str, Any]) -> None:
         if args.server:
@@ -53,10 +51,18 @@ def run(args: argparse.Namespace) -> int:
         for problem in err.problems:
             sys.stderr.write(f"hpload capacity: error: {problem}\n")
         return err.exit_code
-    scenario = loaded.scenario
-    results_dir = Path(args.results) if args.results else default_results_dir(scenario)
+    return run_loaded(loaded.scenario, Path(args.results) if args.results else None, args.slo, quiet=args.quiet)
+
+
+def run_loaded(scenario: Any, results: Any, slo_flags: list[str], *, quiet: bool = False) -> int:
+    """Search every server of a validated scenario, print the table, apply the capacity threshold."""
+    import asyncio
+
+    from hpload.scenarios.runner import default_results_dir
+
+    results_dir = results or default_results_dir(scenario)
     print(f"hpload capacity: {scenario.name} -> {results_dir}", file=sys.stderr, flush=True)
-    records = asyncio.run(run_capacity(scenario, results_dir, args.slo, quiet=args.quiet))
+    records = asyncio.run(run_capacity(scenario, results_dir, slo_flags, quiet=quiet))
     print()
     print(capacity_table(records))
     print(f"\nresults: {results_dir}/capacity/    next: hpload report {results_dir}")
