@@ -164,6 +164,13 @@ class Outcome:
     non_monotone: list[float] = field(default_factory=list)
 
 
+def probe_lengths(spec: CapacitySpec, kind: Kind) -> tuple[float, float]:
+    """(warm-up, measured) seconds of a probe. A scout shortens both: at the low rates it mostly runs at, the queue
+    is short and fills in a fraction of the warm-up."""
+    f = spec.scout_fraction if kind == "scout" else 1.0
+    return spec.warmup_s * f, spec.probe_s * f
+
+
 def round_rate(rate: float) -> float:
     """Four significant digits: probe ids stay stable across reruns."""
     return float(f"{rate:.4g}")

@@ -20,7 +20,17 @@ from typing import Any
 
 from hpload.loadgen.snapshot import Snapshot
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
-from hpload.scenarios.capacity import Ask, CapacitySpec, Outcome, Probe, ProbeState, broken, censored_quantile, judge
+from hpload.scenarios.capacity import (
+    Ask,
+    CapacitySpec,
+    Outcome,
+    Probe,
+    ProbeState,
+    broken,
+    censored_quantile,
+    judge,
+    probe_lengths,
+)
 from hpload.scenarios.capacity import search as run_search
 from hpload.scenarios.points import Point
 from hpload.scenarios.results import ResultStore, write_json_atomic
@@ -49,11 +59,11 @@ class SearchSettings:
 
 def probe_load(ask: Ask, s: SearchSettings) -> LoadSpec:
     spec = s.spec
-    probe_s = spec.probe_s * (spec.scout_fraction if ask.kind == "scout" else 1.0)
+    warmup_s, probe_s = probe_lengths(spec, ask.kind)
     base = s.base_load.model_dump() if s.base_load is not None else {}
     keep = {k: base[k] for k in ("arrival", "burstiness", "connect_timeout_s", "first_token_timeout_s",
                                  "idle_timeout_s", "workers") if k in base}  # fmt: skip
-    return LoadSpec(**keep, rate=ask.rate, duration_s=probe_s, warmup_s=spec.warmup_s, seed=s.seed + ask.replicate,
+    return LoadSpec(**keep, rate=ask.rate, duration_s=probe_s, warmup_s=warmup_s, seed=s.seed + ask.replicate,
                     drain_timeout_s=spec.drain_timeout_s)  # fmt: skip
 
 

@@ -18,7 +18,16 @@ import numpy as np
 
 from hpload.loadgen.schedule import open_loop_schedule
 from hpload.loadgen.specs import SLO, LoadSpec
-from hpload.scenarios.capacity import Ask, CapacitySpec, Probe, ProbeState, broken, censored_quantile, judge
+from hpload.scenarios.capacity import (
+    Ask,
+    CapacitySpec,
+    Probe,
+    ProbeState,
+    broken,
+    censored_quantile,
+    judge,
+    probe_lengths,
+)
 from hpload.servers.echo_batching import BatchingModel
 
 _TICK_S = 0.5  # the load generator's snapshot interval: the early stop looks this often
@@ -79,19 +88,19 @@ def simulate_probe(
     model: BatchingModel, ask: Ask, slo: SLO, spec: CapacitySpec, *, input_len: int, max_tokens: int, seed: int = 0,
 ) -> Probe:  # fmt: skip
     """One probe of the model: the verdict and the probe-seconds it costs, early stop included."""
-    probe_s = spec.probe_s * (spec.scout_fraction if ask.kind == "scout" else 1.0)
+    warmup_s, probe_s = probe_lengths(spec, ask.kind)
     run_seed = seed + ask.replicate
-    offsets, warm = open_loop_schedule(probe_load(ask.rate, probe_s, spec.warmup_s, run_seed))
+    offsets, warm = open_loop_schedule(probe_load(ask.rate, probe_s, warmup_s, run_seed))
     reqs = [SimRequest(o / 1e9, input_len, max_tokens) for o in offsets]
-    end_s = spec.warmup_s + probe_s
+    end_s = warmup_s + probe_s
     run_model(model, reqs, end_s + spec.drain_timeout_s)
     measured = reqs[warm:]
     stopped, stop_at = None, None
     if spec.early_stop:
         tick_spec = spec.model_copy(update={"probe_s": probe_s})
-        t = spec.warmup_s + _TICK_S
+        t = warmup_s + _TICK_S
         while t < end_s:
-            state = _state_at(reqs, warm, t, spec.warmup_s, slo)
+            state = _state_at(reqs, warm, t, warmup_s, slo)
             stopped = broken(state, slo, tick_spec, ask.rate, max_tokens)
             if stopped:
                 stop_at = t
