@@ -47,7 +47,7 @@ def run_model(model: BatchingModel, requests: list[SimRequest], until_s: float) 
     t = 0.0
     i = 0
     queue: deque[SimRequest] = deque()
-    running: list[list[object]] = []  # [request, tokens so far]
+    running: list[tuple[SimRequest, int]] = []  # (request, tokens so far)
     total = len(requests)
     while t <= until_s:
         if not running and not queue:
@@ -60,23 +60,21 @@ def run_model(model: BatchingModel, requests: list[SimRequest], until_s: float) 
         admitted_tokens = 0
         while queue and len(running) < model.max_batch:
             req = queue.popleft()
-            running.append([req, 0])
+            running.append((req, 0))
             admitted_tokens += req.prompt
         ms = model.step_ms + model.step_per_seq_ms * len(running) + model.prefill_ms_per_token * admitted_tokens
         t += ms / 1000
         if t > until_s:
             return
-        keep = []
-        for entry in running:
-            req, done = entry[0], int(entry[1])  # type: ignore[call-overload]
-            assert isinstance(req, SimRequest)
+        keep: list[tuple[SimRequest, int]] = []
+        for req, done in running:
             if done == 0:
                 req.first_s = t
             done += 1
             if done >= req.n:
                 req.last_s = t
             else:
-                keep.append([req, done])
+                keep.append((req, done))
         running = keep
 
 
