@@ -138,6 +138,7 @@ class Probe:
     seconds: float = 0.0  # probe-seconds spent (warm-up, probe and drain)
     stats: dict[str, Any] = field(default_factory=dict)  # p50/p99 ttft and tpot, throughputs, counts
     point_id: str | None = None
+    before: str | None = None  # how the server was left before it: drained to idle, prefix cache reset
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

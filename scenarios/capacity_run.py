@@ -147,9 +147,10 @@ async def _probe(keeper: ServerKeeper, server: ServerSettings, s: SearchSettings
             reason.append(why)
             early.set()
 
-    with contextlib.suppress(Exception):
+    before = None
+    with contextlib.suppress(Exception):  # a server that cannot start is measure()'s to report, as a failed probe
         live = await keeper.ensure(server)
-        await settle(live.base_url, live.metrics_url, live.api_key, s.spec.idle_timeout_s)
+        before = await settle(live.base_url, live.metrics_url, live.api_key, s.spec.idle_timeout_s)
     result, error = await measure(keeper, server, s.workload, load, s.slo, observer=observe, stop=early)
     if outer is not None and outer.is_set():
         raise asyncio.CancelledError  # Ctrl-C: a cut probe is not a measurement; the rerun probes it again
@@ -168,6 +169,7 @@ async def _probe(keeper: ServerKeeper, server: ServerSettings, s: SearchSettings
     stats = {k: (None if isinstance(v, float) and v == float("inf") else v) for k, v in stats.items()}
     probe = Probe(ask.rate, ask.kind, ask.replicate, load.seed, not violations, violations,
                   stopped_early=reason[0] if reason else None, error=error, seconds=seconds, stats=stats)  # fmt: skip
+    probe.before = before
     probe.stats["_result"] = result
     return probe
 
