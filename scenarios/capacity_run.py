@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpload.errors import HploadError
 from hpload.loadgen.snapshot import Snapshot
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
 from hpload.scenarios.capacity import (
@@ -85,7 +86,7 @@ async def find_capacity(
         if done is not None and probe_path.is_file():
             return Probe.from_dict(json.loads(probe_path.read_text()))
         if s.stop is not None and s.stop.is_set():
-            raise asyncio.CancelledError
+            raise SearchStopped()
         probe = await _probe(keeper, server, s, ask, load)
         probe.point_id = point.point_id
         if probe.error:
@@ -116,6 +117,11 @@ async def find_capacity(
 
 class _Stopped(Exception):
     pass
+
+
+class SearchStopped(HploadError):
+    def __init__(self) -> None:
+        super().__init__("capacity: stopped; the finished probes are on disk; fix: rerun to continue the search")
 
 
 def _probes_on_disk(store: ResultStore, label: str) -> list[Probe]:
@@ -153,7 +159,7 @@ async def _probe(keeper: ServerKeeper, server: ServerSettings, s: SearchSettings
         before = await settle(live.base_url, live.metrics_url, live.api_key, s.spec.idle_timeout_s)
     result, error = await measure(keeper, server, s.workload, load, s.slo, observer=observe, stop=early)
     if outer is not None and outer.is_set():
-        raise asyncio.CancelledError  # Ctrl-C: a cut probe is not a measurement; the rerun probes it again
+        raise SearchStopped()  # a cut probe is not a measurement: the rerun probes it again
     seconds = time.monotonic() - t0
     if result is None:
         return Probe(ask.rate, ask.kind, ask.replicate, load.seed, False, [f"server failed: {error}"], error=error,

@@ -26,6 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-capacity", type=float, metavar="REQ_S",
                        help="fail (threshold exit code 99) when a server's capacity is below this")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no probe lines, only the summary")
+    parser.add_argument("--tui", action="store_true", help="show the probes and the latency curve as they come")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,18 +52,27 @@ def run(args: argparse.Namespace) -> int:
         for problem in err.problems:
             sys.stderr.write(f"hpload capacity: error: {problem}\n")
         return err.exit_code
-    return run_loaded(loaded.scenario, Path(args.results) if args.results else None, args.slo, quiet=args.quiet)
+    return run_loaded(loaded.scenario, Path(args.results) if args.results else None, args.slo, quiet=args.quiet,
+                      tui=args.tui)  # fmt: skip
 
 
-def run_loaded(scenario: Any, results: Any, slo_flags: list[str], *, quiet: bool = False) -> int:
+def run_loaded(scenario: Any, results: Any, slo_flags: list[str], *, quiet: bool = False, tui: bool = False) -> int:
     """Search every server of a validated scenario, print the table, apply the capacity threshold."""
     import asyncio
+    from pathlib import Path
 
     from hpload.scenarios.runner import default_results_dir
 
     results_dir = results or default_results_dir(scenario)
     print(f"hpload capacity: {scenario.name} -> {results_dir}", file=sys.stderr, flush=True)
-    records = asyncio.run(run_capacity(scenario, results_dir, slo_flags, quiet=quiet))
+    if tui:
+        from hpload.scenarios.capacity import check_slo, parse_slo_overrides
+        from hpload.tui.capacity import run_tui
+
+        check_slo(parse_slo_overrides(scenario.slo, slo_flags))  # a bad SLO is a console line, not a screen
+        records = run_tui(scenario, Path(results_dir), slo_flags)
+    else:
+        records = asyncio.run(run_capacity(scenario, results_dir, slo_flags, quiet=quiet))
     print()
     print(capacity_table(records))
     print(f"\nresults: {results_dir}/capacity/    next: hpload report {results_dir}")

@@ -192,3 +192,36 @@ async def test_capacity_of_vllm_cpu_tiny_model(vllm_server: Any, tmp_path: Path)
     assert record["interval"]["lo"] == record["capacity_rps"]
     assert record["output_tok_s"] > 0 and record["latency_at_capacity"]["p99_ttft_ms"] is not None
     assert record["versions"]["vllm"]
+
+
+def test_tui_curve_text_marks_slo_and_capacity() -> None:
+    from hpload.tui.capacity import curve_text
+
+    text = curve_text([(10.0, 100.0, True), (20.0, 300.0, True), (30.0, 900.0, False)], 500.0, 20.0)
+    lines = text.splitlines()
+    assert any("-" * 10 in line for line in lines)  # the SLO line
+    assert "x" in lines[0] or "x" in lines[1]  # the failed probe is the highest point
+    assert sum(line.count("o") for line in lines) == 2
+    assert sum("|" in line for line in lines[:12]) == 11  # the capacity's column (one cell holds the probe there)
+
+
+async def test_tui_shows_probes_as_they_come(tmp_path: Path) -> None:
+    from hpload.scenarios.schema import Scenario
+    from hpload.tui.capacity import CapacityApp
+
+    scenario = Scenario.model_validate({
+        "name": "cap", "servers": [_echo().model_dump()], "workload": WORKLOAD.model_dump(),
+        "load": {"rate": 1.0, "duration_s": 1}, "slo": {"ttft_p99_ms": 250, "tpot_p99_ms": 25},
+        "capacity": {"start_rate": 8, "probe_s": 3, "warmup_s": 0.5, "precision": 0.3, "replicates": 0},
+    })  # fmt: skip
+    app = CapacityApp(scenario, tmp_path, [])
+    async with app.run_test() as pilot:
+        for _ in range(900):
+            if app.records or app.error:
+                break
+            await pilot.pause(0.2)
+        from textual.widgets import DataTable
+
+        assert app.error is None and app.records
+        assert app.query_one(DataTable).row_count == len(app.records[0]["probes"]) >= 2
+        assert "offered rate" in str(app.query_one("#curve").render())
