@@ -87,7 +87,7 @@ def part1(spec: CapacitySpec, seeds: int) -> None:
     head = (f"{'SLO':<30} {'truth':>7} {'found/truth':>11} {'in interval':>11} {'probes':>6} {'ours s':>7} "
             f"{'ours r=0 s':>10} {'uniform s':>9} {'bisect s':>8} {'bisect/truth':>12}")  # fmt: skip
     print(head)
-    errs, held, wins_u, wins_b, costs, costs_u, costs_b = [], [], [], [], [], [], []
+    errs, held, wins_u, wins_b, costs, costs_u, costs_b, outside = [], [], [], [], [], [], [], []
     for name, slo in SLOS.items():
         rows = []
         for seed in range(seeds):
@@ -99,6 +99,8 @@ def part1(spec: CapacitySpec, seeds: int) -> None:
             rows.append((truth, found / truth, lo is not None and hi is not None and lo <= truth <= hi, n, cost, cost0,
                          cost_u, cost_b, found_b / truth))  # fmt: skip
             errs.append(abs(found / truth - 1))
+            if lo is not None and hi is not None and not lo <= truth <= hi:
+                outside.append(max(lo / truth - 1, truth / hi - 1))
             held.append(rows[-1][2])
             costs.append(cost)
             costs_u.append(cost_u)
@@ -109,7 +111,8 @@ def part1(spec: CapacitySpec, seeds: int) -> None:
         print(f"{name:<30} {med[0]:>7.2f} {med[1]:>11.3f} {sum(r[2] for r in rows):>8}/{len(rows):<2} {med[3]:>6.0f} "
               f"{med[4]:>7.1f} {med[5]:>10.1f} {med[6]:>9.1f} {med[7]:>8.1f} {med[8]:>12.3f}")  # fmt: skip
     print(f"overall: median |found/truth - 1| = {100 * _median(errs):.2f}% (target <= 5%: "
-          f"{'met' if _median(errs) <= 0.05 else 'MISSED'}); truth inside [lo, hi] in {sum(held)}/{len(held)}")
+          f"{'met' if _median(errs) <= 0.05 else 'MISSED'}); truth inside [lo, hi] in {sum(held)}/{len(held)}"
+          f"{f', the others at most {100 * max(outside):.1f}% outside' if outside else ''}")
     print(f"overall: median probe-seconds ours {_median(costs):.1f}, uniform scan {_median(costs_u):.1f} "
           f"(ours/uniform {_median(costs) / _median(costs_u):.2f}), plain bisection {_median(costs_b):.1f} "
           f"(ours/bisection {_median(costs) / _median(costs_b):.2f}); ours cheaper in {sum(wins_u)}/{len(wins_u)} vs "

@@ -41,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     echo.add_argument("--itl-ms", type=float, default=5.0)
     echo.add_argument("--output-tokens", type=int, default=64, help="tokens per reply when a request sets none")
     echo.add_argument("--trace", metavar="FILE", help="one JSON line per finished stream: id, arrival, every write")
+    from hpload.servers.echo_batching import add_arguments as add_batching
+
+    add_batching(echo)  # --batching: an inference server in miniature, for capacity searches (docs/capacity.md)
     _common(echo, default_label="echo")
 
     vllm = kinds.add_parser("vllm", help="vLLM's OpenAI server, supervised (flags after -- go to vLLM as given)")
