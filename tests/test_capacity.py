@@ -226,3 +226,27 @@ async def test_tui_shows_probes_as_they_come(tmp_path: Path) -> None:
         assert app.error is None and app.records
         assert app.query_one(DataTable).row_count == len(app.records[0]["probes"]) >= 2
         assert "offered rate" in str(app.query_one("#curve").render())
+
+
+async def test_batching_echo_follows_the_step_model(tmp_path: Path) -> None:
+    from hpload.loadgen import run_load
+    from hpload.loadgen.prom import scrape
+    from hpload.loadgen.specs import LoadSpec, Target
+    from hpload.servers import make_server
+
+    # Alone in the batch: TTFT = one step with the prompt's prefill, TPOT = one step of batch 1.
+    model = BatchingModel(step_ms=20.0, step_per_seq_ms=2.0, max_batch=2, prefill_ms_per_token=0.1)
+    settings = EchoSettings(batching=True, step_ms=model.step_ms, step_per_seq_ms=model.step_per_seq_ms,
+                            max_batch=model.max_batch, prefill_ms_per_token=model.prefill_ms_per_token)  # fmt: skip
+    async with make_server(settings, workdir=tmp_path) as server:
+        target = Target(base_url=server.base_url, model=server.model)
+        workload = WorkloadSpec(input_len=100, max_tokens=5, ignore_eos=True)
+        alone = await run_load(target, workload, LoadSpec(concurrency=1, num_requests=6))
+        s = alone.summary
+        assert abs(s["median_ttft_ms"] - (20 + 2 + 0.1 * 100)) < 4, s["median_ttft_ms"]
+        assert abs(s["median_tpot_ms"] - 22) < 3, s["median_tpot_ms"]
+        # Three at once with max_batch 2: the third waits for a free slot, so its TTFT is about a whole request.
+        crowd = await run_load(target, workload, LoadSpec(concurrency=3, num_requests=3))
+        assert crowd.summary["max_ttft_ms"] > 5 * 22
+        gauges = await scrape(server.base_url + "/metrics")
+        assert gauges is not None and "echo:num_requests_running" in gauges and "echo:num_steps_total" in gauges
