@@ -30,7 +30,7 @@ from pathlib import Path
 from hpload.loadgen.specs import SLO, WorkloadSpec
 from hpload.scenarios.capacity import Ask, CapacitySpec, search_sync
 from hpload.scenarios.capacity_sim import simulate_probe, true_capacity
-from hpload.servers.echo_batching import BatchingModel
+from hpload.servers.echo.batching import BatchingModel
 
 MODEL = BatchingModel(step_ms=10.0, step_per_seq_ms=0.5, max_batch=16, prefill_ms_per_token=0.02)
 INPUT_LEN, MAX_TOKENS = 128, 32

@@ -336,10 +336,11 @@ def censored_quantile(q: float, done: int, censored: int) -> float | None:
 
 def judge(summary: dict[str, Any], slo: SLO, spec: CapacitySpec) -> list[str]:
     """A finished probe's broken limits (empty = pass). ``summary`` is a RunResult-style summary whose latency
-    percentiles already count censored requests (``censored_quantile``); the limits are today's SLO checks."""
-    from types import SimpleNamespace
+    percentiles already count censored requests (``censored_quantile``); the limits, goodput fraction included, are
+    judged by the one SLO evaluator (``hpload.loadgen.slo``)."""
+    from hpload.loadgen.slo import violations
 
-    out = list(slo.violations(SimpleNamespace(summary=summary)))  # type: ignore[arg-type]
+    out = violations(slo, summary)
     done, failed, censored = int(summary.get("completed", 0)), int(summary.get("failed", 0)), int(
         summary.get("incomplete", 0))  # fmt: skip
     total = done + failed + censored
@@ -349,8 +350,4 @@ def judge(summary: dict[str, Any], slo: SLO, spec: CapacitySpec) -> list[str]:
     if total and censored and censored_quantile(spec.quantile, done, censored) is None and (
             slo.ttft_p99_ms or slo.tpot_p99_ms or slo.e2el_p99_ms):  # fmt: skip
         out.append(f"{censored} requests unfinished at the end: more than p{100 * spec.quantile:g} allows")
-    if slo.min_good_fraction is not None and total:
-        good = float(summary.get("good", 0))
-        if good / total < slo.min_good_fraction:
-            out.append(f"min_good_fraction {good / total:.3f} < {slo.min_good_fraction:g}")
     return out

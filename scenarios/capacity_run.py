@@ -36,7 +36,7 @@ from hpload.scenarios.capacity import search as run_search
 from hpload.scenarios.points import Point
 from hpload.scenarios.results import ResultStore, write_json_atomic
 from hpload.scenarios.runner import ServerKeeper, make_record, measure
-from hpload.servers.settings import ServerSettings
+from hpload.servers.kinds import ServerSettings
 
 _IDLE_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "echo:num_requests_running",
                 "echo:num_requests_waiting")  # fmt: skip
@@ -202,7 +202,6 @@ def probe_summary(result: Any, spec: CapacitySpec) -> dict[str, Any]:
         hist = result.histograms.get(metric)
         if censored and hist is not None and hist.count:
             summary[f"p99_{metric}_ms"] = float("inf") if q is None else hist.percentile_us(100 * q) / 1000
-    summary["good"] = result.counters.get("good", 0)
     return summary
 
 

@@ -1,7 +1,7 @@
 """The calibrated echo server's model, simulated: the truth a capacity search is checked against.
 
 A discrete-event simulation of the batching model of docs/capacity.md, written apart from the server's own code
-(``hpload.servers.echo_batching``), shares only the model's parameters with it. Arrivals are the load generator's
+(``hpload.servers.echo.batching``), shares only the model's parameters with it. Arrivals are the load generator's
 own seeded schedule (``open_loop_schedule``): the same seed gives the real probe and the simulated one the same send
 times, and the schedule of one seed at two rates is the same unit-rate process rescaled (common random numbers).
 
@@ -28,7 +28,7 @@ from hpload.scenarios.capacity import (
     judge,
     probe_lengths,
 )
-from hpload.servers.echo_batching import BatchingModel
+from hpload.servers.echo.batching import BatchingModel
 
 _TICK_S = 0.5  # the load generator's snapshot interval: the early stop looks this often
 
@@ -149,10 +149,10 @@ def _summary(measured: list[SimRequest], horizon_s: float, slo: SLO, spec: Capac
         span = max(r.last_s for r in done) - min(r.arrival_s for r in done)
         s["request_throughput"] = len(done) / span if span > 0 else 0.0
         s["output_throughput"] = sum(r.n for r in done) / span if span > 0 else 0.0
-    if slo.has_request_limits:
-        s["good"] = sum(1 for r in done if slo.request_ok(int((r.first_s - r.arrival_s) * 1e9),
+    if slo.has_request_limits and measured:
+        s["good_fraction"] = sum(1 for r in done if slo.request_ok(int((r.first_s - r.arrival_s) * 1e9),
                                                           int((r.last_s - r.first_s) / max(r.n - 1, 1) * 1e9),
-                                                          int((r.last_s - r.arrival_s) * 1e9)))  # fmt: skip
+                                                          int((r.last_s - r.arrival_s) * 1e9))) / len(measured)  # fmt: skip
     return s
 
 

@@ -16,13 +16,14 @@ import pytest
 from hpload.errors import HploadError
 from hpload.loadgen.snapshot import Snapshot
 from hpload.loadgen.specs import SLO, WorkloadSpec
+from hpload.loadgen.vocabulary import CAPACITY_KEYS, PROBE_KEYS
 from hpload.scenarios.capacity import Ask, CapacitySpec, Outcome, Probe, check_slo, parse_slo_overrides, plan
 from hpload.scenarios.capacity_run import SearchSettings, find_capacity
 from hpload.scenarios.capacity_sim import true_capacity
 from hpload.scenarios.results import ResultStore
 from hpload.scenarios.runner import ServerKeeper
-from hpload.servers.echo_batching import BatchingModel
-from hpload.servers.settings import EchoSettings, ExternalSettings
+from hpload.servers import EchoSettings, ExternalSettings
+from hpload.servers.echo.batching import BatchingModel
 
 MODEL = BatchingModel(step_ms=10.0, step_per_seq_ms=0.5, max_batch=16, prefill_ms_per_token=0.02)
 WORKLOAD = WorkloadSpec(input_len=64, max_tokens=16, ignore_eos=True)
@@ -140,6 +141,18 @@ async def test_rerun_continues_from_the_probes_on_disk(tmp_path: Path) -> None:
     again = await find_capacity(_echo(), _settings(spec, SLO_TTFT, on_probe=lambda _l, p: seen.append(p)), store)
     assert seen == []  # nothing probed again
     assert again["capacity_rps"] == first["capacity_rps"] and len(again["probes"]) == len(first["probes"])
+    assert set(first) <= CAPACITY_KEYS, set(first) - CAPACITY_KEYS
+    assert all(set(p) <= PROBE_KEYS for p in first["probes"])
+
+
+def test_goodput_fraction_is_judged_by_the_one_slo_evaluator() -> None:
+    from hpload.loadgen.slo import violations
+    from hpload.scenarios.capacity import judge
+
+    slo = SLO(ttft_ms=100, min_good_fraction=0.99)
+    summary = {"completed": 95, "failed": 0, "incomplete": 5, "good_fraction": 0.95}
+    assert judge(summary, slo, SPEC) == violations(slo, summary) == ["min_good_fraction 0.950 < 0.99"]
+    assert judge({**summary, "good_fraction": 0.995}, slo, SPEC) == []
 
 
 async def test_capacity_zero_with_the_reason(tmp_path: Path) -> None:
