@@ -10,7 +10,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ class RunResult:
             "output_throughput": out_tokens / duration if duration else 0.0,
             "total_token_throughput": (in_tokens + out_tokens) / duration if duration else 0.0,
             "request_goodput": (c.get("good", 0) / duration if duration else 0.0) if "good" in c else None,
+            "good_fraction": _good_fraction(c),
             "max_concurrency": self.config.get("max_concurrency"),
             "request_rate": rate,
             "burstiness": self.config.get("burstiness", 1.0),
@@ -313,3 +314,10 @@ def _write_error(path: Path, err: OSError) -> HploadError:
         f"result file {path}: cannot write it ({err.strerror or err}); fix: free space on that disk "
         "or choose another results directory"
     )
+
+
+def _good_fraction(c: Mapping[str, float]) -> float | None:
+    """Requests within the per-request limits over all measured ones (unfinished and failed count as misses); None
+    when the SLO has no per-request limit or nothing was measured."""
+    total = c.get("completed", 0) + c.get("failed", 0) + c.get("incomplete", 0)
+    return c.get("good", 0) / total if "good" in c and total else None

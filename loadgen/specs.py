@@ -189,6 +189,9 @@ class SLO(_Strict):
     """Failed / (completed + failed) must stay at or below this."""
     min_goodput: float | None = Field(default=None, ge=0)
     """Requests per second that met every per-request limit must reach this."""
+    min_good_fraction: float | None = Field(default=None, gt=0, le=1)
+    """The share of requests (errors count as misses) within every per-request limit must reach this, e.g. 0.99:
+    goodput as a fraction, the form a capacity search uses (docs/capacity.md)."""
 
     def request_ok(self, ttft_ns: int, tpot_ns: int | None, e2el_ns: int) -> bool:
         """True when one successful request meets every per-request limit (errors always miss)."""

@@ -41,6 +41,7 @@ class Summary(TypedDict, total=False):
     output_throughput: float
     total_token_throughput: float
     request_goodput: float | None  # None when the scenario has no per-request SLO limit
+    good_fraction: float | None  # requests within the per-request limits / all measured (SLO.min_good_fraction)
     max_concurrency: int | None
     request_rate: float | str  # "inf" in JSON for a closed loop, as vLLM writes it
     burstiness: float
@@ -135,6 +136,16 @@ HEALTH_KEYS = frozenset({
     # for a CPU other processes held, and the verdict that the host, not the client, was the bottleneck
     "runq_wait_percent", "loop_lag_waiting_share", "starved",
     "warnings", "busy_intervals", "intervals",  # the last two: single-process runs only (merge_health drops them)
+})
+# A capacity record (``capacity/<label>.json``, hpload.scenarios.capacity_run) and each of its probes.
+CAPACITY_KEYS = frozenset({
+    "label", "capacity_rps", "output_tok_s", "interval", "precision", "reason", "non_monotone", "latency_at_capacity",
+    "slo", "capacity", "probes", "probe_seconds", "wall_s", "server_crashes", "workload", "server", "versions",
+    "tune",  # a capacity-tuning trial's context (hpload tune, objective capacity)
+})
+PROBE_KEYS = frozenset({
+    "rate", "kind", "replicate", "seed", "passed", "violations", "stopped_early", "error", "seconds", "stats",
+    "point_id", "before",
 })
 
 # The server's own view (RunResult.server_metrics, from Prometheus: hpload.loadgen.prom.server_side): per histogram

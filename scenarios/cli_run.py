@@ -167,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"hpload run: error: {problem}\n")
         return err.exit_code
     scenario = loaded.scenario
+    if scenario.capacity is not None and scenario.sweep is None and scenario.tune is None:
+        from hpload.scenarios.cli_capacity import run_loaded
+
+        return run_loaded(scenario, Path(args.results) if args.results else None, [], quiet=args.quiet)
     if scenario.tune is not None and scenario.sweep is None:
         sys.stderr.write(f"hpload run: note: {scenario.name} has a [tune] table; 'hpload tune' runs the study\n")
     for line in scenario_caveats(scenario):

@@ -286,9 +286,13 @@ def write_report(results_dir: str | Path, *, latency_key: str = "p99_ttft_ms") -
         md += ["## Best point per server (highest output throughput)", ""]
         md += [compare_table([Column(f"{label}", rec.summary) for label, (rec, _) in chosen.items()], markdown=True)]
         md += ["", "Deltas are against the first column.", ""]
+    from hpload.scenarios.capacity_report import add_to_report
+
+    add_to_report(plt, store.root, out, files.plots, md)
     md += ["## Plots", ""]
     for path in files.plots:
-        md += [f"![{path.stem}](report/{path.name})", ""]
+        if path.stem != "capacity":  # shown in its own section above
+            md += [f"![{path.stem}](report/{path.name})", ""]
     for note in files.notes:
         md += [f"- {note}"]
     md += ["", "## All points", "", points_table(records), ""]

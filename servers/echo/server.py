@@ -48,6 +48,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from hpload import netstamp
+from hpload.servers.echo import batching as echo_batching
 from hpload.servers.echo import chunks as echo_chunks
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class EchoConfig:
         self.model = model
         self.api_key = api_key
         self.chunks = chunks  # a chunk pattern of hpload.servers.echo.chunks, for golden tests
+        self.batching: echo_batching.BatchingModel | None = None  # batching mode: see echo.batching
 
 
 class EchoStats:
@@ -261,6 +263,7 @@ class _Shared:
         # One context for every timer: call_at would otherwise copy the context for each of ~13k writes a second.
         self.context = contextvars.copy_context()
         self._chunks: dict[bool, tuple[bytes, bytes]] = {}
+        self.batcher = echo_batching.Batcher(config.batching, self.call_at) if config.batching else None
 
     def call_at(self, due_ns: int, callback: Callable[[], None]) -> asyncio.TimerHandle:
         return self.loop.call_at(due_ns / 1e9, callback, context=self.context)
@@ -428,7 +431,10 @@ class EchoConnection:
             self._send(_response(200, b""))
             return
         if path == "/metrics":
-            self._send(_response(200, self.shared.stats.render(), b"text/plain; version=0.0.4"))
+            text = self.shared.stats.render()
+            if self.shared.batcher is not None:
+                text += echo_batching.gauges(self.shared.batcher)
+            self._send(_response(200, text, b"text/plain; version=0.0.4"))
             return
         if cfg.api_key and headers.get("authorization") != f"Bearer {cfg.api_key}":
             self._send(_error(401, "missing or wrong API key"))
@@ -484,6 +490,10 @@ class EchoConnection:
         if include_usage:
             tail += _event(shared.config.model, chat, None, self._usage(prompt_tokens, n))
         tail = _chunk(tail + b"data: [DONE]\n\n") + b"0\r\n\r\n"
+        if shared.batcher is not None:
+            shared.batcher.submit(echo_batching.BatchedStream(
+                self, n, prompt_tokens, arrival_ns, head=_STREAM_HEAD, token=token, tail=tail, request_id=request_id))
+            return
         _Stream(self, n, token, tail, arrival_ns, request_id, prompt_tokens).start()
 
     def _whole(self, chat: bool, n: int, prompt_tokens: int, arrival_ns: int) -> None:
@@ -504,6 +514,9 @@ class EchoConnection:
             "usage": self._usage(prompt_tokens, n),
         }
         payload = _response(200, json.dumps(body).encode())
+        if self.shared.batcher is not None:
+            self.shared.batcher.submit(echo_batching.BatchedStream(self, n, prompt_tokens, arrival_ns, payload=payload))
+            return
         _Whole(self, n, payload, arrival_ns, prompt_tokens).start()
 
     def _done(self) -> None:
@@ -718,12 +731,14 @@ async def serve_echo(
     stop: asyncio.Event | None = None,
     trace_path: str | Path | None = None,
     chunks: str = "plain",
+    batching: echo_batching.BatchingModel | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or forever). ``ready(port)`` is called once listening (port 0 = a free port).
 
     ``trace_path``: write one JSON line per finished stream there (flushed every second and on the way out).
     """
     config = EchoConfig(ttft_ms, itl_ms, output_tokens, model, api_key, chunks)
+    config.batching = batching
     stats = EchoStats()
     loop = asyncio.get_running_loop()
     selector = getattr(loop, "_selector", None)
@@ -808,6 +823,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="write one JSON line per finished stream: x-request-id, kernel arrival and every write (ns)")  # fmt: skip
     p.add_argument("--chunks", default="plain", choices=echo_chunks.PATTERNS,
                    help="a known chunk pattern for golden tests (hpload/servers/echo/chunks.py)")  # fmt: skip
+    echo_batching.add_arguments(p)
     return p
 
 
@@ -823,6 +839,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             _parser().error(f"--trace {args.trace}: {err.strerror}; fix: name a file in a writable directory")
 
+    try:
+        batching = echo_batching.model_from_args(args)
+    except ValueError as err:
+        _parser().error(str(err))
+
     def announce(port: int) -> None:
         print(f"echo server on http://{args.host}:{port} (ttft {args.ttft_ms} ms, itl {args.itl_ms} ms)", flush=True)
 
@@ -834,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
         await serve_echo(
             args.host, args.port, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, output_tokens=args.output_tokens,
             model=args.model, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, ready=announce, stop=stop,
-            trace_path=args.trace, chunks=args.chunks,
+            trace_path=args.trace, chunks=args.chunks, batching=batching,
         )  # fmt: skip
 
     # Everything start-up made (numpy, hdrh, the loadgen package serve_echo pulls in) leaves the collector's view:
