@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Issue 21 on the lent H200: what causes the 512-stream cliff (and, when the tree has the agreement benchmark, the
+# client agreement rerun). Detached, from the root of the tree to run (vLLM installed by ../shared/gpu's install.sh):
+#   (setsid nohup bash benchmarks/gpu/issue21.sh > /root/run.log 2>&1 &)      then poll /root/run.log
+# For each vLLM configuration it starts vLLM by hand through `vllm serve`'s entry point (vllm.entrypoints.cli.main:
+# `python -m vllm.entrypoints.openai.api_server` parses --api-server-count but always runs one API server), attaches
+# hpload (4 workers) at 128 and 512 streams, twice each, interleaved, and samples every vLLM process's CPU
+# (proc_cpu.py). It skips the configurations that would not end within I21_BUDGET_S seconds, so the results can be
+# brought back before the device's time runs out. Results: /root/i21 (A/<config>/c<streams>-r<repeat>, cpu.jsonl,
+# vllm-<config>.log, summary.md). Locally, a dry run of the logic against the echo server: I21_DRY=1 (see below).
+set -u
+cd "$(dirname "$0")/../.."
+t0=$(date +%s)
+tree=$(cat .gpu-src-commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo '?')
+budget=${I21_BUDGET_S:-1080}
+out=${I21_OUT:-/root/i21}
+mkdir -p "$out"
+if [ -z "${I21_DRY:-}" ]; then
+  # A private copy: the device re-syncs the working tree at every call, and this run must not see it change.
+  rm -rf /root/hpsrc && mkdir -p /root/hpsrc && cp -r hpload servers loadgen scenarios tui benchmarks /root/hpsrc/
+  root=/root/hpsrc
+  export PYTHONPATH=/root/stage/site:/root/hp VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+  rm -rf /root/hp && mkdir -p /root/hp/hpload
+  for f in "$root"/hpload/*; do ln -s "$f" "/root/hp/hpload/$(basename "$f")"; done
+  for d in servers loadgen scenarios tui; do ln -s "$root/$d" "/root/hp/hpload/$d"; done
+  py=python3
+  model=/root/models/llama-1b
+else
+  root=$(pwd)
+  py=${I21_PY:-$root/.venv/bin/python}
+  model=${I21_MODEL:-$HOME/.cache/hpload/models/tiny-llama}
+fi
+g=$root/benchmarks/gpu
+cd /tmp  # not a tree root: there, python -m hpload would import the unmapped hpload/ folder
+log() { echo "== $(date +%T) +$(( $(date +%s) - t0 ))s $*"; }
+label() { echo "$1" > "$out/label"; }
+
+# The runs per configuration: streams, measured requests, warm-up requests (~6 s at 128 and ~20 s at 512 streams
+# at the throughputs seen before; repeats interleaved so drift shows as a spread, not as a configuration effect).
+runs=${I21_RUNS:-"128:768:128:1 512:1536:512:1 128:768:128:2 512:1536:512:2"}
+# name|vLLM flags; in priority order (the budget drops the tail). Async scheduling is vLLM 0.26.0's default (it
+# resolves to on for this model), so its axis is turning it off. 8192 is the default max_num_batched_tokens on a
+# card of >= 70 GiB in the API server. max_cudagraph_capture_size defaults to min(2 x max_num_seqs, 512): a batch
+# of 512 decodes plus any prefill runs without CUDA graphs.
+configs=${I21_CONFIGS:-"base|
+api4|--api-server-count 4
+api2|--api-server-count 2
+noasync|--no-async-scheduling
+mnbt16k|--max-num-batched-tokens 16384
+cg1024|--max-cudagraph-capture-size 1024"}
+per_config_s=${I21_PER_CONFIG_S:-190}
+vport=${I21_PORT:-8000}
+
+vpid=""
+start_vllm() {  # $1 name, rest: extra flags
+  local name=$1; shift
+  label "start/$name"
+  if [ -n "${I21_DRY:-}" ]; then
+    setsid "$root/.venv/bin/hpload" serve echo --port $vport --ttft-ms 20 --itl-ms 2 > "$out/vllm-$name.log" 2>&1 &
+  else
+    setsid $py -m vllm.entrypoints.cli.main serve "$model" --port $vport --load-format dummy --dtype bfloat16 \
+      --max-model-len 2048 --gpu-memory-utilization 0.85 --max-num-seqs 512 --enable-per-request-metrics "$@" \
+      > "$out/vllm-$name.log" 2>&1 &
+  fi
+  vpid=$!
+  local t=$(date +%s)
+  until $py -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$vport/v1/models', timeout=2)" 2>/dev/null; do
+    if ! kill -0 "$vpid" 2>/dev/null; then log "server $name died at start"; tail -n 20 "$out/vllm-$name.log"; return 1; fi
+    if [ $(( $(date +%s) - t )) -gt 420 ]; then log "server $name not ready in 420 s"; return 1; fi
+    sleep 1
+  done
+  log "server $name ready in $(( $(date +%s) - t )) s (pid $vpid)"
+}
+stop_vllm() {
+  [ -n "$vpid" ] || return 0
+  label "stop"
+  kill -TERM -- "-$vpid" 2>/dev/null
+  for _ in $(seq 60); do kill -0 "$vpid" 2>/dev/null || break; sleep 0.5; done
+  kill -KILL -- "-$vpid" 2>/dev/null
+  vpid=""
+  if [ -z "${I21_DRY:-}" ]; then  # the next start needs the card's memory back
+    for _ in $(seq 60); do
+      used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+      [ "${used:-0}" -lt 2000 ] && break; sleep 0.5
+    done
+  fi
+  sleep 1
+}
+hp_run() {  # $1 config, $2 streams, $3 requests, $4 warm-up, $5 repeat, $6 seed
+  local lab="A/$1/c$2-r$5"
+  label "$lab"
+  timeout 300 $py -m hpload run "$g/issue21-cliff.toml" --results "$out/$lab" --quiet \
+    --set load.concurrency="$2" --set load.num_requests="$3" --set load.warmup_requests="$4" \
+    --set workload.seed="$6" --set servers.vllm.url="http://127.0.0.1:$vport" ${I21_HP_ARGS:-} > "$out/$(echo "$lab" | tr / _).log" 2>&1
+  local rc=$?
+  label "idle"
+  [ $rc -eq 0 ] || { log "hpload $lab exit $rc"; tail -n 5 "$out/$(echo "$lab" | tr / _).log"; }
+  $py "$g/issue21_summary.py" "$out" --run "$lab"
+}
+
+{
+  log "issue21 start; budget ${budget}s; tree $tree"
+  [ -z "${I21_DRY:-}" ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  [ -z "${I21_DRY:-}" ] && $py -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+  if [ -z "${I21_DRY:-}" ] && [ ! -f "$model/config.json" ]; then $py -m hpload model like llama-1b "$model" >/dev/null; fi
+  label "idle"
+  $py "$g/proc_cpu.py" --out "$out/cpu.jsonl" --label-file "$out/label" --interval 0.5 &
+  sampler=$!
+  seed=100
+  while IFS='|' read -r -u 3 name flags; do
+    [ -n "$name" ] || continue
+    left=$(( budget - ($(date +%s) - t0) ))
+    if [ "$left" -lt "$per_config_s" ]; then log "skip $name: ${left}s left of the budget"; continue; fi
+    log "config $name: $flags"
+    # shellcheck disable=SC2086  # flags are words
+    if ! start_vllm "$name" $flags; then stop_vllm; continue; fi
+    for r in $runs; do
+      IFS=: read -r c n w rep <<< "$r"
+      seed=$((seed + 1))
+      hp_run "$name" "$c" "$n" "$w" "$rep" "$seed"
+    done
+    if [ "$name" = base ] && [ -n "${I21_AGREEMENT:-}" ]; then  # part B on the base server (per-request metrics on)
+      label "B/agreement"
+      log "agreement: $I21_AGREEMENT"
+      timeout "${I21_AGREEMENT_TIMEOUT_S:-480}" bash -c "$I21_AGREEMENT" > "$out/agreement.log" 2>&1
+      log "agreement exit $?"; tail -n 40 "$out/agreement.log"
+      label "idle"
+    fi
+    grep -hE "Asynchronous scheduling is|max_num_batched_tokens|cudagraph_capture_sizes|Capturing CUDA graphs|API server|non-default args" \
+      "$out/vllm-$name.log" 2>/dev/null | cut -c1-400 | head -n 8
+    stop_vllm
+  done 3<<< "$configs"
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  $py "$g/issue21_summary.py" "$out" | tee "$out/summary.md"
+  log "ALL DONE"
+}

@@ -1,0 +1,156 @@
+"""Tables for issue 21 from what benchmarks/gpu/issue21.sh leaves: hpload's points beside the CPU sampler's ticks.
+
+    python3 issue21_summary.py ROOT                 # every run: a Markdown table and ROOT/summary.json
+    python3 issue21_summary.py ROOT --run LABEL     # one line for one run (the script prints it as it goes)
+
+ROOT holds ``A/<config>/c<streams>-r<repeat>/points/*.json`` (hpload results) and ``cpu.jsonl`` (proc_cpu.py). A run's
+CPU figures are the means over the sampler's ticks that carried its label, minus the first and last tick (the
+client's start and the tail where streams drain). Per role: the sum over its processes, the busiest process, and
+that process's busiest thread, all in percent of one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROLES = ("api_server", "vllm_main", "engine_core", "client_hpload", "client_vllm_bench", "client_minimal")
+
+
+def load_cpu(path: Path) -> dict[str, list[dict[str, Any]]]:
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if not path.exists():
+        return by_label
+    with path.open() as f:
+        for line in f:
+            try:
+                tick = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the sampler was stopped mid-line
+            by_label[tick["label"]].append(tick)
+    return by_label
+
+
+def cpu_figures(ticks: list[dict[str, Any]]) -> dict[str, Any]:
+    ticks = ticks[1:-1] if len(ticks) > 4 else ticks
+    out: dict[str, Any] = {"ticks": len(ticks)}
+    gpu = [t["gpu_util"] for t in ticks if t.get("gpu_util") is not None]
+    out["gpu_util"] = round(statistics.mean(gpu), 1) if gpu else None
+    for role in ROLES:
+        sums, tops, threads, counts = [], [], [], []
+        for t in ticks:
+            rows = [p for p in t["procs"] if p["role"] == role]
+            if not rows:
+                continue
+            sums.append(sum(p["cpu"] for p in rows))
+            busiest = max(rows, key=lambda p: p["cpu"])
+            tops.append(busiest["cpu"])
+            threads.append(busiest["top_thread_cpu"] or 0.0)
+            counts.append(len(rows))
+        if sums:
+            out[role] = {
+                "procs": max(counts),
+                "sum": round(statistics.mean(sums), 1),
+                "max_proc": round(statistics.mean(tops), 1),
+                "max_thread": round(statistics.mean(threads), 1),
+            }
+    return out
+
+
+def point_figures(run_dir: Path) -> dict[str, Any] | None:
+    points = sorted(p for p in (run_dir / "points").glob("*.json") if not p.name.endswith(".point.json"))
+    if not points:
+        return None
+    d = json.loads(points[0].read_text())
+    s, h = d["summary"], d.get("health", {})
+    sm = d.get("server_metrics", {}) or {}
+    return {
+        "completed": s.get("completed"),
+        "failed": s.get("failed"),
+        "out_tok_s": round(s.get("output_throughput", 0.0), 1),
+        "mean_ttft_ms": round(s.get("mean_ttft_ms", 0.0), 1),
+        "p99_ttft_ms": round(s.get("p99_ttft_ms", 0.0), 1),
+        "mean_tpot_ms": round(s.get("mean_tpot_ms", 0.0), 2),
+        "duration_s": round(s.get("duration", 0.0), 1),
+        "client_cpu_percent": round(h.get("cpu_percent", 0.0), 1),
+        "client_loop_lag_p99_ms": h.get("loop_lag_p99_ms"),
+        "client_bottleneck": h.get("bottleneck"),
+        "server_ttft_mean_ms": round(sm["ttft_mean_ms"], 1) if sm.get("ttft_mean_ms") is not None else None,
+        "gpu": d.get("gpu"),
+        "warnings": d.get("warnings", []),
+    }
+
+
+def fmt_role(fig: dict[str, Any], role: str) -> str:
+    r = fig.get(role)
+    if not r:
+        return "-"
+    if r["procs"] > 1:
+        return f"{r['procs']}x, sum {r['sum']:.0f}, max {r['max_proc']:.0f} ({r['max_thread']:.0f})"
+    return f"{r['max_proc']:.0f} ({r['max_thread']:.0f})"
+
+
+def one_line(label: str, pt: dict[str, Any] | None, fig: dict[str, Any]) -> str:
+    if pt is None:
+        return f"{label}: no result"
+    api = fig.get("api_server") or fig.get("vllm_main")
+    api_txt = fmt_role(fig, "api_server" if fig.get("api_server") else "vllm_main") if api else "-"
+    return (
+        f"{label}: {pt['out_tok_s']:.0f} tok/s, ttft mean {pt['mean_ttft_ms']:.0f} ms, tpot {pt['mean_tpot_ms']:.1f} ms, "
+        f"client cpu {pt['client_cpu_percent']:.0f}% (busiest {fmt_role(fig, 'client_hpload')}) "
+        f"lag p99 {pt['client_loop_lag_p99_ms']} ms; "
+        f"api {api_txt}; engine {fmt_role(fig, 'engine_core')}; gpu {fig.get('gpu_util')}%"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--run", help="one run's label, e.g. A/base/c512-r1")
+    args = ap.parse_args()
+    cpu = load_cpu(args.root / "cpu.jsonl")
+    if args.run:
+        print(one_line(args.run, point_figures(args.root / args.run), cpu_figures(cpu.get(args.run, []))))
+        return
+    rows = []
+    for run_dir in sorted((args.root / "A").glob("*/c*-r*")):
+        label = str(run_dir.relative_to(args.root))
+        cfg, run = label.split("/")[1:]
+        conc, rep = run[1:].split("-r")
+        pt = point_figures(run_dir)
+        rows.append(
+            {
+                "label": label,
+                "config": cfg,
+                "streams": int(conc),
+                "repeat": int(rep),
+                "point": pt,
+                "cpu": cpu_figures(cpu.get(label, [])),
+            }
+        )
+    (args.root / "summary.json").write_text(json.dumps(rows, indent=1))
+    print(
+        "| config | streams | rep | out tok/s | mean TTFT ms | mean TPOT ms | client CPU % all workers (busiest one) / loop lag p99 ms | "
+        "API server CPU % (top thread) | engine core CPU % (top thread) | GPU util % |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        pt, fig = r["point"], r["cpu"]
+        if pt is None:
+            print(f"| {r['config']} | {r['streams']} | {r['repeat']} | no result | | | | | | |")
+            continue
+        api_role = "api_server" if fig.get("api_server") else "vllm_main"
+        busiest = f"{fig['client_hpload']['max_proc']:.0f}" if fig.get("client_hpload") else "-"
+        print(
+            f"| {r['config']} | {r['streams']} | {r['repeat']} | {pt['out_tok_s']:.0f} | {pt['mean_ttft_ms']:.0f} | "
+            f"{pt['mean_tpot_ms']:.2f} | {pt['client_cpu_percent']:.0f} ({busiest}) / {pt['client_loop_lag_p99_ms']} | "
+            f"{fmt_role(fig, api_role)} | {fmt_role(fig, 'engine_core')} | {fig.get('gpu_util')} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
