@@ -56,7 +56,7 @@ start_vllm() {  # $1 name, rest: extra flags
   local name=$1; shift
   label "start/$name"
   if [ -n "${I21_DRY:-}" ]; then
-    setsid "$root/.venv/bin/hpload" serve echo --port $vport --ttft-ms 20 --itl-ms 2 > "$out/vllm-$name.log" 2>&1 &
+    setsid $py -m hpload serve echo --port $vport --ttft-ms 20 --itl-ms 2 > "$out/vllm-$name.log" 2>&1 &
   else
     setsid $py -m vllm.entrypoints.cli.main serve "$model" --port $vport --load-format dummy --dtype bfloat16 \
       --max-model-len 2048 --gpu-memory-utilization 0.85 --max-num-seqs 512 --enable-per-request-metrics "$@" \

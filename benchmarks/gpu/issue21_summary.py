@@ -76,6 +76,7 @@ def point_figures(run_dir: Path) -> dict[str, Any] | None:
         "p99_ttft_ms": round(s.get("p99_ttft_ms", 0.0), 1),
         "mean_tpot_ms": round(s.get("mean_tpot_ms", 0.0), 2),
         "duration_s": round(s.get("duration", 0.0), 1),
+        "in_tok_per_req": round(s.get("total_input_tokens", 0) / max(s.get("completed") or 1, 1), 1),
         "client_cpu_percent": round(h.get("cpu_percent", 0.0), 1),
         "client_loop_lag_p99_ms": h.get("loop_lag_p99_ms"),
         "client_bottleneck": h.get("bottleneck"),

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Stages, on the CPU machine, the tree that benchmarks/gpu/issue21.sh runs on the device: the device tool sends the
+# lead's checkout (DEST's repo), not this worktree, so the product tree to measure (SRC: a worktree, e.g. main's or
+# the agreement benchmark's branch) plus this branch's issue-21 files go to an ignored folder there, named in carry.
+#   bash benchmarks/gpu/issue21-stage.sh SRC [DEST]        DEST defaults to /work/main/.gpu-src
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+src=$(cd "$1" && pwd)
+dest=${2:-/work/main/.gpu-src}
+repo=$(cd "$(dirname "$dest")" && git rev-parse --show-toplevel)
+name=/$(basename "$dest")/
+grep -qx "$name" "$repo/.git/info/exclude" 2>/dev/null || echo "$name" >> "$repo/.git/info/exclude"
+rm -rf "$dest" && mkdir -p "$dest"
+(cd "$src" && tar cf - --exclude=__pycache__ hpload servers loadgen scenarios tui benchmarks) | tar xf - -C "$dest"
+cp "$here"/benchmarks/gpu/issue21.sh "$here"/benchmarks/gpu/issue21_summary.py "$here"/benchmarks/gpu/proc_cpu.py \
+   "$here"/benchmarks/gpu/issue21-cliff.toml "$dest/benchmarks/gpu/"
+dirty=$(cd "$src" && git status --porcelain --untracked-files=no | wc -l)
+echo "$(cd "$src" && git rev-parse --abbrev-ref HEAD)@$(cd "$src" && git rev-parse --short HEAD)$([ "$dirty" -gt 0 ] && echo "+${dirty}-uncommitted")" \
+  > "$dest/.gpu-src-commit"
+du -sh "$dest"; cat "$dest/.gpu-src-commit"
