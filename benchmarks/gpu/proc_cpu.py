@@ -42,6 +42,8 @@ def classify(name: str, cmdline: list[str]) -> str | None:
         return "client_vllm_bench"
     if "minimal_client" in cmd:
         return "client_minimal"
+    if "hpload serve" in cmd:
+        return "server_hpload"  # the echo server of a local dry run
     if "hpload" in cmd and "proc_cpu" not in cmd:
         return "client_hpload"
     return None
