@@ -61,6 +61,10 @@ def cpu_figures(ticks: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _r(v: float | None) -> float | None:
+    return round(v, 1) if v is not None else None
+
+
 def point_figures(run_dir: Path) -> dict[str, Any] | None:
     points = sorted(p for p in (run_dir / "points").glob("*.json") if not p.name.endswith(".point.json"))
     if not points:
@@ -81,6 +85,10 @@ def point_figures(run_dir: Path) -> dict[str, Any] | None:
         "client_loop_lag_p99_ms": h.get("loop_lag_p99_ms"),
         "client_bottleneck": h.get("bottleneck"),
         "server_ttft_mean_ms": round(sm["ttft_mean_ms"], 1) if sm.get("ttft_mean_ms") is not None else None,
+        # per request, from vLLM's --enable-per-request-metrics where the hpload tree reads them (issue 15)
+        "mean_server_queue_ms": _r(s.get("mean_server_queue_ms")),
+        "mean_ttft_gap_ms": _r(s.get("mean_ttft_gap_ms")),
+        "mean_ttft_outside_engine_ms": _r(s.get("mean_ttft_outside_engine_ms")),
         "gpu": d.get("gpu"),
         "warnings": d.get("warnings", []),
     }
@@ -105,6 +113,11 @@ def one_line(label: str, pt: dict[str, Any] | None, fig: dict[str, Any]) -> str:
         f"client cpu {pt['client_cpu_percent']:.0f}% (busiest {fmt_role(fig, 'client_hpload')}) "
         f"lag p99 {pt['client_loop_lag_p99_ms']} ms; "
         f"api {api_txt}; engine {fmt_role(fig, 'engine_core')}; gpu {fig.get('gpu_util')}%"
+        + (
+            f"; server queue {pt['mean_server_queue_ms']} ms, outside engine {pt['mean_ttft_outside_engine_ms']} ms"
+            if pt.get("mean_server_queue_ms") is not None
+            else ""
+        )
     )
 
 
