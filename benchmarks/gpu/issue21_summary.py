@@ -18,7 +18,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-ROLES = ("api_server", "vllm_main", "engine_core", "client_hpload", "client_vllm_bench", "client_minimal")
+ROLES = (
+    "api_server",
+    "vllm_main",
+    "engine_core",
+    "vllm_helper",
+    "dp_coordinator",
+    "client_hpload",
+    "client_vllm_bench",
+    "client_minimal",
+)
 
 
 def load_cpu(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -112,7 +121,8 @@ def one_line(label: str, pt: dict[str, Any] | None, fig: dict[str, Any]) -> str:
         f"{label}: {pt['out_tok_s']:.0f} tok/s, ttft mean {pt['mean_ttft_ms']:.0f} ms, tpot {pt['mean_tpot_ms']:.1f} ms, "
         f"client cpu {pt['client_cpu_percent']:.0f}% (busiest {fmt_role(fig, 'client_hpload')}) "
         f"lag p99 {pt['client_loop_lag_p99_ms']} ms; "
-        f"api {api_txt}; engine {fmt_role(fig, 'engine_core')}; gpu {fig.get('gpu_util')}%"
+        f"api {api_txt}; engine {fmt_role(fig, 'engine_core')}; helpers {fmt_role(fig, 'vllm_helper')}; "
+        f"gpu {fig.get('gpu_util')}%"
         + (
             f"; server queue {pt['mean_server_queue_ms']} ms, outside engine {pt['mean_ttft_outside_engine_ms']} ms"
             if pt.get("mean_server_queue_ms") is not None
