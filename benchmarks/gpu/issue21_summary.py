@@ -121,7 +121,7 @@ def one_line(label: str, pt: dict[str, Any] | None, fig: dict[str, Any]) -> str:
         f"{label}: {pt['out_tok_s']:.0f} tok/s, ttft mean {pt['mean_ttft_ms']:.0f} ms, tpot {pt['mean_tpot_ms']:.1f} ms, "
         f"client cpu {pt['client_cpu_percent']:.0f}% (busiest {fmt_role(fig, 'client_hpload')}) "
         f"lag p99 {pt['client_loop_lag_p99_ms']} ms; "
-        f"api {api_txt}; engine {fmt_role(fig, 'engine_core')}; helpers {fmt_role(fig, 'vllm_helper')}; "
+        f"api {api_txt}; engine {fmt_role(fig, 'engine_core')}; worker {fmt_role(fig, 'worker')}; helpers {fmt_role(fig, 'vllm_helper')}; "
         f"gpu {fig.get('gpu_util')}%"
         + (
             f"; server queue {pt['mean_server_queue_ms']} ms, outside engine {pt['mean_ttft_outside_engine_ms']} ms"
