@@ -4,8 +4,8 @@
     python3 issue21_summary.py ROOT --run LABEL     # one line for one run (the script prints it as it goes)
 
 ROOT holds ``A/<config>/c<streams>-r<repeat>/points/*.json`` (hpload results) and ``cpu.jsonl`` (proc_cpu.py). A run's
-CPU figures are the means over the sampler's ticks that carried its label, minus the first and last tick (the
-client's start and the tail where streams drain). Per role: the sum over its processes, the busiest process, and
+CPU figures are the means over the sampler's ticks that carried its label and in which vLLM's processes together
+used at least half of their peak in that run (so the client's start-up and the last streams draining are left out). Per role: the sum over its processes, the busiest process, and
 that process's busiest thread, all in percent of one core.
 """
 
@@ -44,8 +44,17 @@ def load_cpu(path: Path) -> dict[str, list[dict[str, Any]]]:
     return by_label
 
 
+VLLM_ROLES = ("api_server", "vllm_main", "engine_core", "worker")
+
+
 def cpu_figures(ticks: list[dict[str, Any]]) -> dict[str, Any]:
-    ticks = ticks[1:-1] if len(ticks) > 4 else ticks
+    # A run's label also covers the client's start-up and its last streams draining; the steady state is the ticks
+    # where vLLM's processes together use at least half of their peak within the run.
+    def vllm_cpu(t: dict[str, Any]) -> float:
+        return sum(p["cpu"] for p in t["procs"] if p["role"] in VLLM_ROLES)
+
+    peak = max((vllm_cpu(t) for t in ticks), default=0.0)
+    ticks = [t for t in ticks if peak > 0 and vllm_cpu(t) >= 0.5 * peak] or ticks
     out: dict[str, Any] = {"ticks": len(ticks)}
     gpu = [t["gpu_util"] for t in ticks if t.get("gpu_util") is not None]
     out["gpu_util"] = round(statistics.mean(gpu), 1) if gpu else None
