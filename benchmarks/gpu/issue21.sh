@@ -48,7 +48,10 @@ api2|--api-server-count 2
 noasync|--no-async-scheduling
 mnbt16k|--max-num-batched-tokens 16384
 cg1024|--max-cudagraph-capture-size 1024"}
-per_config_s=${I21_PER_CONFIG_S:-190}
+per_config_s=${I21_PER_CONFIG_S:-160}
+# config:streams pairs that get one more run, not in the tables, with py-spy on the API server and the engine core
+# in its steady state (the measured runs stay unprofiled).
+profiles=${I21_PROFILES:-"base:128 base:512 api4:512"}
 vport=${I21_PORT:-8000}
 
 vpid=""
@@ -98,11 +101,50 @@ hp_run() {  # $1 config, $2 streams, $3 requests, $4 warm-up, $5 repeat, $6 seed
   $py "$g/issue21_summary.py" "$out" --run "$lab"
 }
 
+prof_run() {  # $1 config, $2 streams, $3 seed: a longer run with py-spy in the middle of it
+  local lab="P/$1/c$2" delay=9 dur=8 n=1536 w=512
+  [ "$2" -le 128 ] && { delay=5; dur=5; w=128; }
+  label "$lab"
+  timeout 300 $py -m hpload run "$g/issue21-cliff.toml" --results "$out/$lab" --quiet \
+    --set load.concurrency="$2" --set load.num_requests=$n --set load.warmup_requests=$w \
+    --set workload.seed="$3" --set servers.vllm.url="http://127.0.0.1:$vport" ${I21_HP_ARGS:-} \
+    > "$out/$(echo "$lab" | tr / _).log" 2>&1 &
+  local hp=$!
+  sleep $delay
+  mkdir -p "$out/prof"
+  local api engine tag pid spies=""
+  # vLLM runs in its own session (setsid), so its processes are found by session id, not by name alone
+  api=$(pgrep -s "$vpid" -f '^VLLM::APIServer' | head -1); api=${api:-$vpid}
+  engine=$(pgrep -s "$vpid" -f '^VLLM::EngineCore' | head -1)
+  for target in "api:$api" "engine:$engine"; do
+    tag=${target%%:*}; pid=${target#*:}
+    if [ -n "$pid" ] && [ -n "$pyspy" ]; then
+      "$pyspy" record -d $dur -r 50 --nonblocking --threads --format raw \
+        -o "$out/prof/$1-c$2-$tag.txt" --pid "$pid" > "$out/prof/$1-c$2-$tag.log" 2>&1 &
+      spies="$spies $!"
+    fi
+  done
+  wait $hp $spies
+  label "idle"
+  $py "$g/issue21_summary.py" "$out" --run "$lab"
+  for tag in api engine; do
+    [ -f "$out/prof/$1-c$2-$tag.txt" ] && $py "$g/pyspy_top.py" "$out/prof/$1-c$2-$tag.txt" --top 12 --full $((dur * 50))
+  done
+}
+
 {
   log "issue21 start; budget ${budget}s; tree $tree"
   [ -z "${I21_DRY:-}" ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   [ -z "${I21_DRY:-}" ] && $py -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
   if [ -z "${I21_DRY:-}" ] && [ ! -f "$model/config.json" ]; then $py -m hpload model like llama-1b "$model" >/dev/null; fi
+  pyspy=""
+  whl=$(ls /root/stage/py_spy-*.whl 2>/dev/null | head -1)
+  if [ -n "$whl" ]; then
+    rm -rf /root/pyspy && $py -m zipfile -e "$whl" /root/pyspy && pyspy=$(find /root/pyspy -name py-spy -type f | head -1)
+    [ -n "$pyspy" ] && chmod +x "$pyspy"
+  fi
+  [ -n "${I21_PYSPY:-}" ] && pyspy=$I21_PYSPY
+  log "py-spy: ${pyspy:-none}"
   label "idle"
   $py "$g/proc_cpu.py" --out "$out/cpu.jsonl" --label-file "$out/label" --interval 0.5 &
   sampler=$!
@@ -118,6 +160,11 @@ hp_run() {  # $1 config, $2 streams, $3 requests, $4 warm-up, $5 repeat, $6 seed
       IFS=: read -r c n w rep <<< "$r"
       seed=$((seed + 1))
       hp_run "$name" "$c" "$n" "$w" "$rep" "$seed"
+    done
+    for pr in $profiles; do
+      [ "${pr%%:*}" = "$name" ] || continue
+      seed=$((seed + 1))
+      prof_run "$name" "${pr#*:}" "$seed"
     done
     if [ "$name" = base ] && [ -n "${I21_AGREEMENT:-}" ]; then  # part B on the base server (per-request metrics on)
       label "B/agreement"
