@@ -11,10 +11,9 @@ repo=$(cd "$(dirname "$dest")" && git rev-parse --show-toplevel)
 name=/$(basename "$dest")/
 grep -qx "$name" "$repo/.git/info/exclude" 2>/dev/null || echo "$name" >> "$repo/.git/info/exclude"
 rm -rf "$dest" && mkdir -p "$dest"
-(cd "$src" && tar cf - --exclude=__pycache__ hpload servers loadgen scenarios tui benchmarks) | tar xf - -C "$dest"
+# the committed tree only (its commit names exactly what ran), not the worktree's uncommitted edits
+git -C "$src" archive HEAD hpload servers loadgen scenarios tui benchmarks | tar xf - -C "$dest"
 cp "$here"/benchmarks/gpu/issue21.sh "$here"/benchmarks/gpu/issue21_summary.py "$here"/benchmarks/gpu/proc_cpu.py \
    "$here"/benchmarks/gpu/issue21-cliff.toml "$here"/benchmarks/gpu/pyspy_top.py "$here"/benchmarks/gpu/issue21-wait.sh "$dest/benchmarks/gpu/"
-dirty=$(cd "$src" && git status --porcelain --untracked-files=no | wc -l)
-echo "$(cd "$src" && git rev-parse --abbrev-ref HEAD)@$(cd "$src" && git rev-parse --short HEAD)$([ "$dirty" -gt 0 ] && echo "+${dirty}-uncommitted")" \
-  > "$dest/.gpu-src-commit"
+echo "$(git -C "$src" rev-parse --abbrev-ref HEAD)@$(git -C "$src" rev-parse --short HEAD)" > "$dest/.gpu-src-commit"
 du -sh "$dest"; cat "$dest/.gpu-src-commit"

@@ -7,7 +7,9 @@
 # hpload (4 workers) at 128 and 512 streams, twice each, interleaved, and samples every vLLM process's CPU
 # (proc_cpu.py). It skips the configurations that would not end within I21_BUDGET_S seconds, so the results can be
 # brought back before the device's time runs out. Results: /root/i21 (A/<config>/c<streams>-r<repeat>, cpu.jsonl,
-# vllm-<config>.log, summary.md). Locally, a dry run of the logic against the echo server: I21_DRY=1 (see below).
+# vllm-<config>.log, summary.md). Locally, a dry run of the logic against the echo server:
+#   I21_DRY=1 I21_PY=.venv/bin/python I21_OUT=/tmp/i21 I21_ROOT=/tmp/i21src I21_HP=/tmp/i21hp I21_PORT=18000 \
+#     I21_RUNS="8:32:8:1" I21_CONFIGS="base|" I21_HP_ARGS="--set load.workers=2" bash benchmarks/gpu/issue21.sh
 set -u
 cd "$(dirname "$0")/../.."
 t0=$(date +%s)
@@ -15,19 +17,21 @@ tree=$(cat .gpu-src-commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null
 budget=${I21_BUDGET_S:-1080}
 out=${I21_OUT:-/root/i21}
 mkdir -p "$out"
+# A private copy: the device re-syncs the working tree at every call, and this run must not see it change. hpload is
+# not installed there: a tree of symlinks lays the copy out as the package installs (as device.sh does).
+hp=${I21_HP:-/root/hp}
+root=${I21_ROOT:-/root/hpsrc}
+rm -rf "$root" && mkdir -p "$root" && cp -r hpload servers loadgen scenarios tui benchmarks "$root"/
+rm -rf "$hp" && mkdir -p "$hp/hpload"
+for f in "$root"/hpload/*; do ln -s "$f" "$hp/hpload/$(basename "$f")"; done
+for d in servers loadgen scenarios tui; do ln -s "$root/$d" "$hp/hpload/$d"; done
 if [ -z "${I21_DRY:-}" ]; then
-  # A private copy: the device re-syncs the working tree at every call, and this run must not see it change.
-  rm -rf /root/hpsrc && mkdir -p /root/hpsrc && cp -r hpload servers loadgen scenarios tui benchmarks /root/hpsrc/
-  root=/root/hpsrc
-  export PYTHONPATH=/root/stage/site:/root/hp VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-  rm -rf /root/hp && mkdir -p /root/hp/hpload
-  for f in "$root"/hpload/*; do ln -s "$f" "/root/hp/hpload/$(basename "$f")"; done
-  for d in servers loadgen scenarios tui; do ln -s "$root/$d" "/root/hp/hpload/$d"; done
+  export PYTHONPATH=/root/stage/site:$hp VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   py=python3
   model=/root/models/llama-1b
-else
-  root=$(pwd)
-  py=${I21_PY:-$root/.venv/bin/python}
+else  # a local dry run against the echo server, with a virtualenv that has hpload's dependencies
+  export PYTHONPATH=$hp
+  py=${I21_PY:?set I21_PY to a python with the dependencies of hpload}
   model=${I21_MODEL:-$HOME/.cache/hpload/models/tiny-llama}
 fi
 g=$root/benchmarks/gpu
@@ -47,7 +51,8 @@ api4|--api-server-count 4
 api2|--api-server-count 2
 noasync|--no-async-scheduling
 mnbt16k|--max-num-batched-tokens 16384
-cg1024|--max-cudagraph-capture-size 1024"}
+cg1024|--max-cudagraph-capture-size 1024
+si8|--stream-interval 8"}
 per_config_s=${I21_PER_CONFIG_S:-160}
 # config:streams pairs that get one more run, not in the tables, with py-spy on the API server and the engine core
 # in its steady state (the measured runs stay unprofiled).
@@ -109,7 +114,7 @@ prof_run() {  # $1 config, $2 streams, $3 seed: a longer run with py-spy in the 
     --set load.concurrency="$2" --set load.num_requests=$n --set load.warmup_requests=$w \
     --set workload.seed="$3" --set servers.vllm.url="http://127.0.0.1:$vport" ${I21_HP_ARGS:-} \
     > "$out/$(echo "$lab" | tr / _).log" 2>&1 &
-  local hp=$!
+  local hpid=$!
   sleep $delay
   mkdir -p "$out/prof"
   local api engine tag pid spies=""
@@ -124,7 +129,7 @@ prof_run() {  # $1 config, $2 streams, $3 seed: a longer run with py-spy in the 
       spies="$spies $!"
     fi
   done
-  wait $hp $spies
+  wait $hpid $spies
   label "idle"
   $py "$g/issue21_summary.py" "$out" --run "$lab"
   for tag in api engine; do
@@ -166,12 +171,22 @@ prof_run() {  # $1 config, $2 streams, $3 seed: a longer run with py-spy in the 
       seed=$((seed + 1))
       prof_run "$name" "${pr#*:}" "$seed"
     done
-    if [ "$name" = base ] && [ -n "${I21_AGREEMENT:-}" ]; then  # part B on the base server (per-request metrics on)
-      label "B/agreement"
-      log "agreement: $I21_AGREEMENT"
-      timeout "${I21_AGREEMENT_TIMEOUT_S:-480}" bash -c "$I21_AGREEMENT" > "$out/agreement.log" 2>&1
-      log "agreement exit $?"; tail -n 40 "$out/agreement.log"
-      label "idle"
+    if [ "$name" = base ] && [ -f "$root/benchmarks/bench_agreement.py" ] && [ "${I21_B:-1}" != 0 ]; then
+      # Part B on the base server (per-request metrics on): the agreement benchmark of the tree, one invocation per
+      # round (each prints its own table, so a cut-off run keeps the rounds it finished); --seed R*1000 gives the
+      # prompts its --rounds would give round R.
+      for rnd in $(seq 0 $(( ${I21_B_ROUNDS:-3} - 1 ))); do
+        left=$(( budget - ($(date +%s) - t0) ))
+        if [ "$left" -lt "${I21_B_ROUND_S:-150}" ]; then log "skip agreement round $rnd: ${left}s left"; continue; fi
+        label "B/round$rnd"
+        log "agreement round $rnd"
+        timeout 400 $py "$root/benchmarks/bench_agreement.py" --url "http://127.0.0.1:$vport" --tokenizer "$model" \
+          --input-len "${I21_B_IN:-128}" --output-len "${I21_B_OUT:-128}" --concurrency "${I21_B_CONC:-32,128,512}" \
+          --num-requests "${I21_B_N:-512}" --rounds 1 --seed $((rnd * 1000)) --workers 4 > "$out/B-round$rnd.log" 2>&1
+        log "agreement round $rnd exit $?"
+        grep -A 40 "^round" "$out/B-round$rnd.log" | grep -v "^  done" | head -n 40
+        label "idle"
+      done
     fi
     grep -hE "Asynchronous scheduling is|max_num_batched_tokens|cudagraph_capture_sizes|Capturing CUDA graphs|API server|non-default args" \
       "$out/vllm-$name.log" 2>/dev/null | cut -c1-400 | head -n 8

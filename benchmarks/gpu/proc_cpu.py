@@ -40,6 +40,8 @@ def classify(name: str, cmdline: list[str]) -> str | None:
         return "vllm_main"  # the API server itself when api_server_count is 1, else the launcher
     if "vllm.benchmarks" in cmd or "vllm_bench" in cmd:
         return "client_vllm_bench"
+    if "bench_agreement" in cmd:
+        return "client_agreement"  # the agreement benchmark and the clients it runs (--role ...)
     if "minimal_client" in cmd:
         return "client_minimal"
     if "hpload serve" in cmd:
