@@ -14,7 +14,7 @@ set -u
 cd "$(dirname "$0")/../.."
 t0=$(date +%s)
 tree=$(cat .gpu-src-commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo '?')
-budget=${I21_BUDGET_S:-1080}
+budget=${I21_BUDGET_S:-1170}
 out=${I21_OUT:-/root/i21}
 mkdir -p "$out"
 # A private copy: the device re-syncs the working tree at every call, and this run must not see it change. hpload is
@@ -39,9 +39,9 @@ cd /tmp  # not a tree root: there, python -m hpload would import the unmapped hp
 log() { echo "== $(date +%T) +$(( $(date +%s) - t0 ))s $*"; }
 label() { echo "$1" > "$out/label"; }
 
-# The runs per configuration: streams, measured requests, warm-up requests (~6 s at 128 and ~20 s at 512 streams
+# The runs per configuration: streams, measured requests, warm-up requests, repeat (~4 s at 128 and ~17 s at 512 streams
 # at the throughputs seen before; repeats interleaved so drift shows as a spread, not as a configuration effect).
-runs=${I21_RUNS:-"128:768:128:1 512:1536:512:1 128:768:128:2 512:1536:512:2"}
+runs=${I21_RUNS:-"128:512:128:1 512:1024:512:1 128:512:128:2 512:1024:512:2"}
 # name|vLLM flags; in priority order (the budget drops the tail). Async scheduling is vLLM 0.26.0's default (it
 # resolves to on for this model), so its axis is turning it off. 8192 is the default max_num_batched_tokens on a
 # card of >= 70 GiB in the API server. max_cudagraph_capture_size defaults to min(2 x max_num_seqs, 512): a batch
@@ -53,7 +53,7 @@ noasync|--no-async-scheduling
 mnbt16k|--max-num-batched-tokens 16384
 cg1024|--max-cudagraph-capture-size 1024
 si8|--stream-interval 8"}
-per_config_s=${I21_PER_CONFIG_S:-160}
+per_config_s=${I21_PER_CONFIG_S:-140}
 # config:streams pairs that get one more run, not in the tables, with py-spy on the API server and the engine core
 # in its steady state (the measured runs stay unprofiled).
 profiles=${I21_PROFILES:-"base:128 base:512 api4:512"}
