@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Issue 21 on the lent H200: what causes the 512-stream cliff (and, when the tree has the agreement benchmark, the
-# client agreement rerun). Detached, from the root of the tree to run (vLLM installed by ../shared/gpu's install.sh):
-#   (setsid nohup bash benchmarks/gpu/issue21.sh > /root/run.log 2>&1 &)      then poll /root/run.log
+# client agreement rerun). Results of the 2026-12-04 run: docs/results/h200-issue21/. The device calls, back to back
+# (each within 30 s of the last), after `bash ../shared/gpu/prepare.sh .gpu ...` and
+# `bash benchmarks/gpu/issue21-stage.sh TREE` in the checkout the device tool sends (py-spy's wheel in .whl/):
+#   1. carry .gpu/part-aa:                 mkdir -p /root/stage/parts && cp .gpu/part-aa /root/stage/parts/
+#   2. carry .gpu/part-ab, .whl:           cp .gpu/part-ab /root/stage/parts/ && cp .whl/*.whl /root/stage/
+#   3. carry .gpu/part-ac, part-ad, SHA256SUMS, install.sh, .gpu-src:
+#        bash .gpu/install.sh && cd .gpu-src && (I21_BUDGET_S=1290 setsid nohup bash benchmarks/gpu/issue21.sh \
+#          > /root/run.log 2>&1 &); sleep 3; bash benchmarks/gpu/issue21-wait.sh 470 80
+#   4. and on:                             bash /root/hpsrc/benchmarks/gpu/issue21-wait.sh 555 70    (timeout 600)
+#   each call brings back $OUT/i21.tgz (all results so far); give the machine back after the one that saw ALL DONE.
 # For each vLLM configuration it starts vLLM by hand through `vllm serve`'s entry point (vllm.entrypoints.cli.main:
 # `python -m vllm.entrypoints.openai.api_server` parses --api-server-count but always runs one API server), attaches
 # hpload (4 workers) at 128 and 512 streams, twice each, interleaved, and samples every vLLM process's CPU

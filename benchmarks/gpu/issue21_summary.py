@@ -2,6 +2,7 @@
 
     python3 issue21_summary.py ROOT                 # every run: a Markdown table and ROOT/summary.json
     python3 issue21_summary.py ROOT --run LABEL     # one line for one run (the script prints it as it goes)
+    python3 issue21_summary.py ROOT --agreement     # part B: the agreement benchmark's rounds (B-round*.log), medians
 
 ROOT holds ``A/<config>/c<streams>-r<repeat>/points/*.json`` (hpload results) and ``cpu.jsonl`` (proc_cpu.py). A run's
 CPU figures are the means over the sampler's ticks that carried its label and in which vLLM's processes together
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -140,11 +142,78 @@ def one_line(label: str, pt: dict[str, Any] | None, fig: dict[str, Any]) -> str:
     )
 
 
+def agreement_rows(root: Path) -> list[dict[str, Any]]:
+    """The rows bench_agreement.py printed, one log per round (each invocation ran one round)."""
+    rows = []
+    for log in sorted(root.glob("B-round*.log")):
+        rnd = int(log.stem.removeprefix("B-round"))
+        in_table = False
+        for line in log.read_text().splitlines():
+            if line.startswith("round "):
+                in_table = True
+                continue
+            if in_table and not line.strip():
+                break
+            parts = line.split()
+            if not in_table or len(parts) < 9 or not parts[0].isdigit():
+                continue
+            per = parts[8].split("/") if re.fullmatch(r"[\d.]+/[\d.]+/[\d.]+", parts[8]) else None  # else "n/a ..."
+            rows.append(
+                {
+                    "round": rnd,
+                    "streams": int(parts[1]),
+                    "client": parts[2],
+                    "completed": int(parts[3]),
+                    "out_tok_s": float(parts[4]),
+                    "gap_mean_ms": float(parts[6]),  # client mean TTFT - server mean TTFT (/metrics deltas)
+                    "outside_engine_mean_ms": float(per[0]) if per else None,
+                    "outside_engine_p50_ms": float(per[1]) if per else None,
+                    "outside_engine_p99_ms": float(per[2]) if per else None,
+                    "server_itl_mean_ms": float(parts[-1]),
+                }
+            )
+    return rows
+
+
+def agreement_table(rows: list[dict[str, Any]]) -> None:
+    def med(vals: list[float | None]) -> str:
+        v = [x for x in vals if x is not None]
+        return f"{statistics.median(v):.1f}" if v else "n/a"
+
+    def each(vals: list[float | None]) -> str:
+        return " / ".join(f"{x:.1f}" if x is not None else "n/a" for x in vals)
+
+    print(
+        "| streams | client | out tok/s median (rounds) | TTFT gap to /metrics, mean ms: median (rounds) | "
+        "outside the engine per request, p50 ms: median (rounds) | server ITL mean ms (rounds) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for streams in sorted({r["streams"] for r in rows}):
+        for client in dict.fromkeys(r["client"] for r in rows):
+            mine = sorted(
+                (r for r in rows if r["streams"] == streams and r["client"] == client), key=lambda r: r["round"]
+            )
+            tput = [r["out_tok_s"] for r in mine]
+            gap = [r["gap_mean_ms"] for r in mine]
+            per = [r["outside_engine_p50_ms"] for r in mine]
+            itl = [r["server_itl_mean_ms"] for r in mine]
+            print(
+                f"| {streams} | {client} | {med(tput)} ({each(tput)}) | {med(gap)} ({each(gap)}) | "
+                f"{med(per)} ({each(per)}) | {each(itl)} |"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path)
     ap.add_argument("--run", help="one run's label, e.g. A/base/c512-r1")
+    ap.add_argument("--agreement", action="store_true", help="part B's table from B-round*.log")
     args = ap.parse_args()
+    if args.agreement:
+        rows = agreement_rows(args.root)
+        (args.root / "agreement.json").write_text(json.dumps(rows, indent=1))
+        agreement_table(rows)
+        return
     cpu = load_cpu(args.root / "cpu.jsonl")
     if args.run:
         print(one_line(args.run, point_figures(args.root / args.run), cpu_figures(cpu.get(args.run, []))))
