@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx2
 
+from hpload.loadgen import server_timing
 from hpload.loadgen.sse import SSEDecoder
 from hpload.loadgen.transport import ARRIVAL_EXTENSION
 
@@ -47,6 +48,7 @@ class RequestRecord:
         "request_id",
         "scheduled_ns",
         "send_ns",
+        "server",
         "status",
         "timed_out",
         "usage_in",
@@ -74,6 +76,7 @@ class RequestRecord:
         self.error_msg = ""
         self.timed_out = False  # set by the watchdog just before it cancels the request
         self.request_id = ""  # sent as X-Request-Id when per-request records are kept, to join with server logs
+        self.server: dict[str, float] | None = None  # the server's own per-request timings (server_timing)
 
     def fail(self, kind: str, msg: str) -> None:
         if self.error_kind is None:
@@ -122,6 +125,8 @@ class RequestRecord:
             tpot = self.tpot_ns
             if tpot is not None:
                 out["tpot_ms"] = tpot / 1e6
+            if self.server is not None:
+                out.update(server_timing.request_fields(self.server, self.ttft_ns / 1e6 if self.first_ns else None))
             if self.itl_ns:
                 out["itl_ms"] = [gap / 1e6 for gap in self.itl_ns]  # as vLLM bench serve's --save-detailed "itls"
         else:
@@ -219,7 +224,17 @@ async def _read_stream(resp: httpx2.Response, rec: RequestRecord, stamps: Any) -
                 rec.fail(STREAM, f"error in stream: {msg}")
                 continue
             choices = obj.get("choices")
-            if choices:
+            delivers_tokens = False
+            if choices and obj.get("usage") and _is_finish_only(choices[0]):
+                # `transformers serve` ends with one chunk holding usage, an empty choice and the finish reason, and
+                # sends no [DONE]: that chunk ends the stream. Tokens that decode to no text (EOS) get no chunk of
+                # their own; when usage counts more tokens than chunks came, this chunk delivered them, as vLLM's
+                # empty-text EOS chunk does, else it is only the usage trailer.
+                done = True
+                delivers_tokens = int(obj["usage"].get("completion_tokens") or 0) > rec.chunk_tokens
+                if not delivers_tokens:
+                    choices = None
+            if choices and (delivers_tokens or not _role_only(choices[0])):
                 if rec.first_ns:
                     itl.append(now - rec.last_ns)
                 else:
@@ -236,10 +251,28 @@ async def _read_stream(resp: httpx2.Response, rec: RequestRecord, stamps: Any) -
                 details = usage.get("prompt_tokens_details")
                 if details:
                     rec.cached_in = details.get("cached_tokens")
+                rec.server = server_timing.take(obj)  # rides on the usage trailer
     if not done:
         rec.fail(STREAM, "stream ended before [DONE]")
     elif not rec.first_ns and rec.ok:
         rec.fail(STREAM, "stream carried no tokens")
+
+
+def _is_finish_only(choice: Any) -> bool:
+    if not isinstance(choice, dict) or not choice.get("finish_reason") or choice.get("token_ids"):
+        return False
+    delta = choice.get("delta")
+    return not choice.get("text") and not (isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")))
+
+
+def _role_only(choice: Any) -> bool:
+    """A chat stream's opening chunk (role, empty content, no token ids) carries no token: vLLM sends it just before
+    the first token's chunk, and counting it made chat streams one token long and added a ~0 ms ITL gap."""
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    return (
+        isinstance(delta, dict) and "role" in delta and not delta.get("content") and not delta.get("reasoning_content")
+        and not delta.get("tool_calls") and not choice.get("token_ids")
+    )  # fmt: skip
 
 
 def _read_whole(raw: bytes, rec: RequestRecord) -> None:
@@ -259,6 +292,7 @@ def _read_whole(raw: bytes, rec: RequestRecord) -> None:
     if details:
         rec.cached_in = details.get("cached_tokens")
     rec.chunk_tokens = 1 if obj.get("choices") else 0
+    rec.server = server_timing.take(obj)
     if rec.reply is not None and obj.get("choices"):
         rec.reply.append(_piece(obj["choices"][0]))
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx2
 
+from hpload.loadgen.prom_quantile import point_value, quantile_bounds
+
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 # result key -> histogram name suffixes, the first present wins
@@ -113,23 +115,6 @@ def _buckets(samples: Samples, name: str) -> dict[float, float]:
     return out
 
 
-def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """Linear interpolation inside cumulative buckets, as PromQL's histogram_quantile."""
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return prev_bound
-            if count == prev_count:
-                return bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
-        prev_bound, prev_count = bound, count
-    return prev_bound
-
-
 def server_side(before: Samples | None, after: Samples | None) -> dict[str, Any] | None:
     """What the server saw during the run (after - before): means and p50/p99 in ms, token and request counts."""
     if after is None:
@@ -151,7 +136,13 @@ def server_side(before: Samples | None, after: Samples | None) -> dict[str, Any]
             b_after, b_before = _buckets(after, base + "_bucket"), _buckets(before, base + "_bucket")
             cum = sorted((bound, c - b_before.get(bound, 0.0)) for bound, c in b_after.items())
             for q, label in ((0.5, "p50"), (0.99, "p99")):
-                v = _quantile(cum, q)
+                # An interval, never a midpoint inside a coarse bucket (prom_quantile says why); the point value
+                # only where the interval is narrow.
+                bounds = quantile_bounds(cum, q, mean=total / n)
+                if bounds is None:
+                    continue
+                out[f"{key}_{label}_ms_bounds"] = [1000 * bounds[0], 1000 * bounds[1]]
+                v = point_value(bounds)
                 if v is not None:
                     out[f"{key}_{label}_ms"] = 1000 * v
             break

@@ -10,6 +10,7 @@ from __future__ import annotations
 from time import perf_counter_ns
 from typing import Any
 
+from hpload.loadgen import server_timing
 from hpload.loadgen.client import RequestRecord
 from hpload.loadgen.hist import LatencyHistogram
 from hpload.loadgen.result import RunResult
@@ -19,6 +20,8 @@ from hpload.loadgen.specs import SLO
 from hpload.loadgen.vocabulary import ALL_METRICS, BOUND_COUNTERS, LATENCY_METRICS, SUM_COUNTERS, merge_counters
 
 _VIEW_METRICS = ("ttft", "itl", "tpot", "e2el")
+# the server's per-request timings ride along only where the server gives them (they have no count otherwise)
+_SNAPSHOT_METRICS = (*LATENCY_METRICS, *server_timing.METRICS)
 _INTERVAL_METRICS = (*LATENCY_METRICS, "schedule_lag")
 
 
@@ -73,6 +76,8 @@ class Recorder:
         ttft_ns, e2el_ns, tpot_ns = rec.ttft_ns, rec.e2el_ns, rec.tpot_ns
         self._add("ttft", ttft_ns // 1000, interval=True)
         self._add("e2el", e2el_ns // 1000, interval=True)
+        if rec.server is not None:
+            server_timing.record(self._add, rec.server, ttft_ns)
         if tpot_ns is not None:
             self._add("tpot", tpot_ns // 1000, interval=True)
         if rec.itl_ns:
@@ -140,7 +145,7 @@ class Recorder:
             request_rate=request_rate,
             output_token_rate=token_rate,
             errors=dict(self.errors),
-            metrics={m: self.cum[m].summary() for m in LATENCY_METRICS if self.cum[m].count},
+            metrics={m: self.cum[m].summary() for m in _SNAPSHOT_METRICS if self.cum[m].count},
             interval_metrics={m: self.interval[m].summary() for m in LATENCY_METRICS if self.interval[m].count},
             histograms={m: self.cum[m].view() for m in _VIEW_METRICS if self.cum[m].count},
             health=health,

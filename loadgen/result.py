@@ -10,13 +10,14 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpload.errors import HploadError
 from hpload.loadgen.hist import LatencyHistogram
+from hpload.loadgen.prom_quantile import format_bounds_ms
 from hpload.loadgen.vocabulary import (
     ALL_METRICS,
     BOUND_COUNTERS,
@@ -70,6 +71,7 @@ class RunResult:
             "output_throughput": out_tokens / duration if duration else 0.0,
             "total_token_throughput": (in_tokens + out_tokens) / duration if duration else 0.0,
             "request_goodput": (c.get("good", 0) / duration if duration else 0.0) if "good" in c else None,
+            "good_fraction": _good_fraction(c),
             "max_concurrency": self.config.get("max_concurrency"),
             "request_rate": rate,
             "burstiness": self.config.get("burstiness", 1.0),
@@ -241,6 +243,13 @@ def merge_health(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "bottleneck": any(bool(p.get("bottleneck")) for p in parts),
         "peak_rss_mb": max(float(p.get("peak_rss_mb", 0.0)) for p in parts),
     }
+    # host starvation (hpload.loadgen.starvation): the worst worker; None where no worker could read its run queue
+    for key in ("runq_wait_percent", "loop_lag_waiting_share"):
+        seen = [float(p[key]) for p in parts if p.get(key) is not None]
+        if any(key in p for p in parts):
+            out[key] = max(seen) if seen else None
+    if any("starved" in p for p in parts):
+        out["starved"] = any(bool(p.get("starved")) for p in parts)
     warnings = [w for p in parts for w in p.get("warnings", [])]
     out["warnings"] = list(dict.fromkeys(warnings))
     return out
@@ -286,6 +295,7 @@ def format_table(result: RunResult) -> str:
             f"server: ttft mean {sm['ttft_mean_ms']:.2f} ms (client {s['mean_ttft_ms']:.2f})"
             + (f"  tpot mean {sm['tpot_mean_ms']:.2f}" if sm.get("tpot_mean_ms") is not None else "")
             + (f"  queue mean {sm['queue_mean_ms']:.2f}" if sm.get("queue_mean_ms") is not None else "")
+            + (f" p99 {format_bounds_ms(*sm['queue_p99_ms_bounds'])}" if sm.get("queue_p99_ms_bounds") else "")
         )
     h = result.health
     if h:
@@ -304,3 +314,10 @@ def _write_error(path: Path, err: OSError) -> HploadError:
         f"result file {path}: cannot write it ({err.strerror or err}); fix: free space on that disk "
         "or choose another results directory"
     )
+
+
+def _good_fraction(c: Mapping[str, float]) -> float | None:
+    """Requests within the per-request limits over all measured ones (unfinished and failed count as misses); None
+    when the SLO has no per-request limit or nothing was measured."""
+    total = c.get("completed", 0) + c.get("failed", 0) + c.get("incomplete", 0)
+    return c.get("good", 0) / total if "good" in c and total else None

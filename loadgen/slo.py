@@ -83,6 +83,12 @@ def evaluate(slo: SLO, summary: Mapping[str, Any]) -> list[Check]:
         out.append(Check("min_goodput", goodput >= slo.min_goodput, goodput, slo.min_goodput,
                          (slo.min_goodput - goodput) / max(slo.min_goodput, 1e-9),
                          f"min_goodput {goodput:.2f} < {slo.min_goodput:g}"))
+    fraction = summary.get("good_fraction")
+    if slo.min_good_fraction is not None and isinstance(fraction, int | float):
+        # Absent when nothing was measured: no request, no miss.
+        f = float(fraction)
+        out.append(Check("min_good_fraction", f >= slo.min_good_fraction, f, slo.min_good_fraction,
+                         slo.min_good_fraction - f, f"min_good_fraction {f:.3f} < {slo.min_good_fraction:g}"))
     return out
 
 

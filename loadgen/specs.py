@@ -31,6 +31,7 @@ class Target:
     label: str = ""
     metrics_url: str | None = None
     tokenizer_path: str | None = None  # a model dir or tokenizer.json; synthetic prompts are measured with it
+    omit_fields: tuple[str, ...] = ()  # request fields this server refuses (e.g. ignore_eos): never sent to it
 
 
 class WorkloadSpec(_Strict):
@@ -234,6 +235,9 @@ class SLO(_Strict):
     """Failed / (completed + failed) must stay at or below this."""
     min_goodput: float | None = Field(default=None, ge=0)
     """Requests per second that met every per-request limit must reach this."""
+    min_good_fraction: float | None = Field(default=None, gt=0, le=1)
+    """The share of requests (errors count as misses) within every per-request limit must reach this, e.g. 0.99:
+    goodput as a fraction, the form a capacity search uses (docs/capacity.md)."""
 
     def request_ok(self, ttft_ns: int, tpot_ns: int | None, e2el_ns: int) -> bool:
         """True when one successful request meets every per-request limit (errors always miss)."""

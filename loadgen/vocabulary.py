@@ -15,7 +15,10 @@ from typing import Any, TypedDict
 # The four vLLM bench serve metrics, then the open-loop ones measured from the scheduled send time.
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 SCHEDULE_METRICS = ("ttft_from_schedule", "e2el_from_schedule", "schedule_lag")
-ALL_METRICS = LATENCY_METRICS + SCHEDULE_METRICS
+# Per request, from the server's own timings where it gives them (hpload.loadgen.server_timing): client TTFT minus
+# server TTFT, the server's queue, and the client TTFT neither the queue nor the engine spent.
+SERVER_TIMING_METRICS = ("ttft_gap", "server_queue", "ttft_outside_engine")
+ALL_METRICS = LATENCY_METRICS + SCHEDULE_METRICS + SERVER_TIMING_METRICS
 STATS = ("mean", "median", "std", "p90", "p99", "max")  # p50 is written "median", as vLLM does
 
 
@@ -38,6 +41,7 @@ class Summary(TypedDict, total=False):
     output_throughput: float
     total_token_throughput: float
     request_goodput: float | None  # None when the scenario has no per-request SLO limit
+    good_fraction: float | None  # requests within the per-request limits / all measured (SLO.min_good_fraction)
     max_concurrency: int | None
     request_rate: float | str  # "inf" in JSON for a closed loop, as vLLM writes it
     burstiness: float
@@ -84,6 +88,25 @@ class Summary(TypedDict, total=False):
     p90_schedule_lag_ms: float
     p99_schedule_lag_ms: float
     max_schedule_lag_ms: float
+    # written only when the server gave per-request timings (vLLM --enable-per-request-metrics, the hf wrapper)
+    mean_ttft_gap_ms: float
+    median_ttft_gap_ms: float
+    std_ttft_gap_ms: float
+    p90_ttft_gap_ms: float
+    p99_ttft_gap_ms: float
+    max_ttft_gap_ms: float
+    mean_server_queue_ms: float
+    median_server_queue_ms: float
+    std_server_queue_ms: float
+    p90_server_queue_ms: float
+    p99_server_queue_ms: float
+    max_server_queue_ms: float
+    mean_ttft_outside_engine_ms: float
+    median_ttft_outside_engine_ms: float
+    std_ttft_outside_engine_ms: float
+    p90_ttft_outside_engine_ms: float
+    p99_ttft_outside_engine_ms: float
+    max_ttft_outside_engine_ms: float
 
 
 SUMMARY_KEYS: frozenset[str] = frozenset(Summary.__annotations__)
@@ -109,8 +132,34 @@ RESULT_KEYS = frozenset({
 })
 HEALTH_KEYS = frozenset({
     "cpu_percent", "cpu_s", "loop_lag_p99_ms", "loop_lag_max_ms", "schedule_lag_p99_ms", "bottleneck", "peak_rss_mb",
+    # host starvation (hpload.loadgen.starvation): run-queue wait of the client, the share of loop lag spent waiting
+    # for a CPU other processes held, and the verdict that the host, not the client, was the bottleneck
+    "runq_wait_percent", "loop_lag_waiting_share", "starved",
     "warnings", "busy_intervals", "intervals",  # the last two: single-process runs only (merge_health drops them)
 })
+# A capacity record (``capacity/<label>.json``, hpload.scenarios.capacity_run) and each of its probes.
+CAPACITY_KEYS = frozenset({
+    "label", "capacity_rps", "output_tok_s", "interval", "precision", "reason", "non_monotone", "latency_at_capacity",
+    "slo", "capacity", "probes", "probe_seconds", "wall_s", "server_crashes", "workload", "server", "versions",
+    "tune",  # a capacity-tuning trial's context (hpload tune, objective capacity)
+})
+PROBE_KEYS = frozenset({
+    "rate", "kind", "replicate", "seed", "passed", "violations", "stopped_early", "error", "seconds", "stats",
+    "point_id", "before",
+})
+
+# The server's own view (RunResult.server_metrics, from Prometheus: hpload.loadgen.prom.server_side): per histogram
+# a count, a mean, and p50/p99 as an interval ``*_ms_bounds`` [low, high] (hpload.loadgen.prom_quantile), with the
+# point value ``*_ms`` only where that interval is narrow; then the token and request counters, and the server's
+# processes.
+SERVER_HISTOGRAMS = ("ttft", "tpot", "itl", "queue", "e2el")
+SERVER_COUNTERS = ("generation_tokens", "prompt_tokens", "requests_succeeded", "prefix_cache_queries", "prefix_cache_hits")
+SERVER_METRICS_KEYS = frozenset(
+    [f"{h}_{k}" for h in SERVER_HISTOGRAMS for k in ("count", "mean_ms", "p50_ms", "p99_ms", "p50_ms_bounds",
+                                                     "p99_ms_bounds")]
+    + list(SERVER_COUNTERS)
+    + ["processes"]  # the launched server's processes and their CPU use (hpload.servers.saturation)
+)
 
 # The keys of ``config["workload_stats"]`` (shaped workloads, hpload.loadgen.replay / sessions; docs/workloads.md):
 # what the trace or prefix groups were, the realised lengths, send figures, prefix-cache shares, sessions and turns.

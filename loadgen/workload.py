@@ -152,4 +152,6 @@ def _body(spec: WorkloadSpec, target: Target, item: dict[str, Any]) -> dict[str,
         body["return_token_ids"] = True
     if spec.min_tokens is not None:
         body["min_tokens"] = spec.min_tokens
+    for name in target.omit_fields:
+        body.pop(name, None)
     return body

@@ -17,7 +17,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hpload.scenarios.capacity_report import compare_capacities
     from hpload.scenarios.compare import columns_from, compare_table
+
+    capacities = compare_capacities(args.results)
+    if capacities is not None:
+        # Capacity searches: their probes are many points of one server; the capacities are the comparison.
+        print(capacities)
+        return 0
 
     columns = [c for path in args.results for c in columns_from(path)]
     print(compare_table(columns, markdown=args.markdown))

@@ -41,10 +41,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KIND|URL",
-        help="run against these servers instead of the scenario's: vllm, hf, echo, or the URL of a running "
-        "OpenAI-compatible server (repeat for several)",
+        help="run against these servers instead of the scenario's: a kind of `hpload serve` (vllm, hf, echo, ...), or "
+        "the URL of a running OpenAI-compatible server (repeat for several)",
     )
-    parser.add_argument("--model", metavar="DIR", help="model directory for vllm/hf servers (default: the tiny model)")
+    parser.add_argument("--model", metavar="DIR",
+                        help="model directory for the servers that load one (default: the tiny model)")
     load = parser.add_argument_group("load (override the scenario's [load] and [workload])")
     load.add_argument("--concurrency", type=int, metavar="N", help="closed loop: requests in flight")
     load.add_argument("--rate", type=float, metavar="REQ_S", help="open loop: requests per second (Poisson)")
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from hpload.errors import HploadError, ThresholdFailed
     from hpload.scenarios.console import ConsoleProgress
     from hpload.scenarios.loader import ScenarioError, load_scenario
-    from hpload.scenarios.runner import default_results_dir, run_scenario
+    from hpload.scenarios.runner import default_results_dir, run_scenario, scenario_caveats
 
     try:
         loaded = load_scenario(args.scenario or "quickstart", args.overrides, flag_edits(args))
@@ -177,8 +178,14 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"hpload run: error: {problem}\n")
         return err.exit_code
     scenario = loaded.scenario
+    if scenario.capacity is not None and scenario.sweep is None and scenario.tune is None:
+        from hpload.scenarios.cli_capacity import run_loaded
+
+        return run_loaded(scenario, Path(args.results) if args.results else None, [], quiet=args.quiet)
     if scenario.tune is not None and scenario.sweep is None:
         sys.stderr.write(f"hpload run: note: {scenario.name} has a [tune] table; 'hpload tune' runs the study\n")
+    for line in scenario_caveats(scenario):
+        sys.stderr.write(f"hpload run: warning: {line}\n")
     results_dir = Path(args.results) if args.results else default_results_dir(scenario)
     progress = ConsoleProgress(quiet=args.quiet)
     where = loaded.path or scenario.name

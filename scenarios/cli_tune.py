@@ -84,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         return err.exit_code
     if scenario.tune is None:
         raise HploadError(f"scenario {scenario.name}: no [tune] table; fix: add one, or use 'hpload run' for sweeps")
+    from hpload.scenarios.runner import scenario_caveats
+
+    for line in scenario_caveats(scenario):
+        sys.stderr.write(f"hpload tune: warning: {line}\n")
     results_dir = Path(args.results) if args.results else default_results_dir(scenario)
     console = ConsoleTune(args.quiet)
     print(f"hpload tune: {scenario.name} ({scenario.tune.sampler}, objective {scenario.tune.objective}) -> "

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import TextIO
 
+from hpload.loadgen import server_timing
 from hpload.loadgen.snapshot import Snapshot
 from hpload.scenarios.points import Point
 from hpload.scenarios.results import PointRecord
@@ -49,17 +50,23 @@ class ConsoleProgress:
         self.stream.write(text + "\n")
         self.stream.flush()
 
+    def point_started(self, index: int, total: int, point: Point) -> None:
+        # Nothing printed yet: the lines that follow say what happens (a server starts, then load runs).
+        self._prefix = f"[{index}/{total}] {describe(point)}"
+        self._total_requests = point.load.num_requests
+        self._total_s = point.load.measure_s
+        self._last_plain = 0.0
+
     def server_starting(self, settings: ServerSettings) -> None:
         note = KINDS[settings.kind].start_note
         extra = f" ({note})" if note else ""
         self._write_line(f"starting server {settings.label} ({settings.kind}){extra} ...")
 
-    def point_started(self, index: int, total: int, point: Point) -> None:
-        self._prefix = f"[{index}/{total}] {describe(point)}"
-        self._total_requests = point.load.num_requests
-        self._total_s = point.load.measure_s
-        self._last_plain = 0.0
-        self._write_line(f"{self._prefix}: measuring")
+    def server_ready(self, settings: ServerSettings, startup_s: float) -> None:
+        self._write_line(f"{settings.label} ready in {startup_s:.1f} s")
+
+    def measuring(self, settings: ServerSettings) -> None:
+        self._write_line(f"{self._prefix or settings.label}: measuring")
 
     def point_finished(self, index: int, total: int, record: PointRecord, skipped: bool) -> None:
         if skipped:
@@ -75,6 +82,8 @@ class ConsoleProgress:
             f"p99 ttft {float(s.get('p99_ttft_ms') or 0):.1f} ms  p99 tpot {float(s.get('p99_tpot_ms') or 0):.2f} ms"
             + (f"  failed {s.get('failed')}" if s.get("failed") else "")
         )
+        for line in server_timing.summary_lines(s):
+            self._write_line(f"[{index}/{total}] {record.label}: {line}")
         for warning in record.warnings:
             # Even with --quiet: a point's figures are read with its warnings, and progress lines scroll away.
             self._write_line(f"[{index}/{total}] {record.label}: warning: {warning}", always=True)

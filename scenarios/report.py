@@ -18,6 +18,7 @@ from statistics import mean
 from typing import Any
 
 from hpload.errors import HploadError
+from hpload.loadgen import server_timing
 from hpload.scenarios.compare import Column, compare_table
 from hpload.scenarios.results import PointRecord, ResultStore, open_results
 from hpload.scenarios.workload_report import plot_lengths, workload_lines
@@ -224,6 +225,25 @@ def points_table(records: list[PointRecord]) -> str:
     return "\n".join(lines)
 
 
+def server_timing_section(records: list[PointRecord]) -> list[str]:
+    """Per point, the server's own per-request timings joined with the client's (where the server gives them)."""
+    md: list[str] = []
+    for r in records:
+        lines = server_timing.summary_lines(r.summary)
+        if lines:
+            md += [f"- **{r.label}** {r.point_id}:"] + [f"  - {line.strip()}" for line in lines]
+    if not md:
+        return []
+    head = [
+        "## Server per-request timings",
+        "",
+        "The server's `metrics` object per request (vLLM `--enable-per-request-metrics`): its TTFT runs from the "
+        "engine scheduling the request, so the gap includes the server queue; outside-engine = gap - queue.",
+        "",
+    ]
+    return head + md + [""]
+
+
 def write_report(results_dir: str | Path, *, latency_key: str = "p99_ttft_ms") -> ReportFiles:
     store: ResultStore = open_results(results_dir)
     records = store.records()
@@ -271,12 +291,17 @@ def write_report(results_dir: str | Path, *, latency_key: str = "p99_ttft_ms") -
         md += [compare_table([Column(f"{label}", rec.summary) for label, (rec, _) in chosen.items()], markdown=True)]
         md += ["", "Deltas are against the first column.", ""]
     md += workload_lines(chosen)
+    from hpload.scenarios.capacity_report import add_to_report
+
+    add_to_report(plt, store.root, out, files.plots, md)
     md += ["## Plots", ""]
     for path in files.plots:
-        md += [f"![{path.stem}](report/{path.name})", ""]
+        if path.stem != "capacity":  # shown in its own section above
+            md += [f"![{path.stem}](report/{path.name})", ""]
     for note in files.notes:
         md += [f"- {note}"]
     md += ["", "## All points", "", points_table(records), ""]
+    md += server_timing_section(records)
     md += [
         "Metrics follow vLLM `bench serve`: ttft to the first token-bearing chunk, itl between token chunks, "
         "tpot = (e2el - ttft) / (output tokens - 1), e2el to the last token chunk.",

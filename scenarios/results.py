@@ -7,6 +7,7 @@ Layout::
     RESULTS/points/<point_id>.hlog     the same histograms as an HdrHistogram log (format 1.2)
     RESULTS/points/<point_id>.requests.jsonl   one line per request, with ``save_requests`` / --save-requests
     RESULTS/points/<point_id>.point.json   what the point was (server, settings, status), written last
+    RESULTS/points/<point_id>.progress.json   only while the point is measured: its state now (scenarios/progress.py)
 
 A point counts as finished only when its ``.point.json`` exists, and both files are replaced atomically, so a
 crash or SIGKILL at any moment leaves either a whole point or none. A rerun skips finished points; failed ones

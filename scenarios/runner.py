@@ -1,7 +1,9 @@
 """Run a scenario's points headless (``hpload run``) or under the TUI, saving each point the moment it ends.
 
-The runner is UI-free: progress leaves through a ``RunListener`` (point started / finished, server starting) and
-the load generator's ``Observer`` (periodic snapshots); a ``stop`` event ends the run between requests. The TUI
+The runner is UI-free: progress leaves through a ``RunListener`` (point started, server starting, server ready,
+measuring, point finished: each called when it has really happened, in that order) and the load generator's
+``Observer`` (periodic snapshots); a ``stop`` event ends the run between requests. While a point is measured its
+in-progress file (:mod:`hpload.scenarios.progress`) shows the same states on disk. The TUI
 runs ``run_scenario`` in a worker with its own listener and observer; the console gets ``ConsoleProgress``.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -18,6 +21,7 @@ from hpload.loadgen.snapshot import Observer
 from hpload.loadgen.specs import SLO, LoadSpec, Target, WorkloadSpec
 from hpload.loadgen.vocabulary import Summary, as_summary
 from hpload.scenarios.points import Point, expand, settings_key
+from hpload.scenarios.progress import PointProgress
 from hpload.scenarios.results import PointRecord, ResultStore
 from hpload.scenarios.schema import Scenario, Threshold
 from hpload.servers.kinds import KINDS, ServerSettings
@@ -28,13 +32,21 @@ if TYPE_CHECKING:
 
 
 class RunListener(Protocol):
-    def server_starting(self, settings: ServerSettings) -> None: ...
     def point_started(self, index: int, total: int, point: Point) -> None: ...
+    def server_starting(self, settings: ServerSettings) -> None: ...
+    def server_ready(self, settings: ServerSettings, startup_s: float) -> None: ...
+    def measuring(self, settings: ServerSettings) -> None: ...
     def point_finished(self, index: int, total: int, record: PointRecord, skipped: bool) -> None: ...
 
 
 class QuietListener:
     def server_starting(self, settings: ServerSettings) -> None:
+        pass
+
+    def server_ready(self, settings: ServerSettings, startup_s: float) -> None:
+        pass
+
+    def measuring(self, settings: ServerSettings) -> None:
         pass
 
     def point_started(self, index: int, total: int, point: Point) -> None:
@@ -79,7 +91,7 @@ class ServerKeeper:
 
     def __init__(self, workdir: Path | None = None, listener: RunListener | None = None) -> None:
         self._workdir = workdir
-        self._listener = listener or QuietListener()
+        self.listener = listener or QuietListener()
         self._server: Server | None = None
         self._key: str | None = None
 
@@ -90,7 +102,8 @@ class ServerKeeper:
         await self.close()
         from hpload.servers import make_server
 
-        self._listener.server_starting(settings)
+        self.listener.server_starting(settings)
+        started = time.monotonic()
         if KINDS[settings.kind].local_model and getattr(settings, "model", None) is None:
             from hpload.model import ensure_tiny_model
 
@@ -100,6 +113,7 @@ class ServerKeeper:
         server = make_server(settings, workdir=self._workdir)
         await server.__aenter__()  # start + wait until a real completion works; stops itself if that fails
         self._server, self._key = server, key
+        self.listener.server_ready(settings, time.monotonic() - started)
         return server
 
     async def close(self) -> None:
@@ -116,7 +130,17 @@ def target_for(server: Server, settings: ServerSettings) -> Target:
         label=server.label,
         metrics_url=server.metrics_url,
         tokenizer_path=tokenizer_path(settings),
+        omit_fields=server.unsupported_request_fields,
     )
+
+
+def server_caveats(settings: ServerSettings, workload: WorkloadSpec) -> list[str]:
+    """One line per workload setting this server cannot honour: on each result, and before a scenario runs."""
+    return KINDS[settings.kind].server_class().request_caveats(settings, workload)
+
+
+def scenario_caveats(scenario: Scenario) -> list[str]:
+    return [line for s in scenario.servers for line in server_caveats(s, scenario.workload)]
 
 
 async def measure(
@@ -139,15 +163,21 @@ async def measure(
     except ServerError as err:
         return None, one_line(str(err), 300)
     from hpload.gpu import GpuSampler
+    from hpload.servers.saturation import ServerCpu, server_pid
+    from hpload.servers.saturation import judge as judge_saturation
 
+    keeper.listener.measuring(server_settings)
     try:
         # GPU telemetry beside the client's metrics; where there is no GPU the sampler records why and costs nothing.
-        with GpuSampler() as gpu:
+        # and the CPU use of the server's own processes, to name a saturated one (hpload.servers.saturation).
+        with GpuSampler() as gpu, ServerCpu(server_pid(server), server_settings.kind) as server_cpu:
             result = await run_load(
                 target_for(server, server_settings), workload, load, slo=slo, observer=observer, stop=stop,
                 requests_path=requests_path,
             )  # fmt: skip
         result.gpu = gpu.summary()
+        result.warnings += server_caveats(server_settings, workload)
+        judge_saturation(result, server_cpu)
     except ServerError as err:
         await keeper.close()
         return None, one_line(str(err), 300)
@@ -215,7 +245,8 @@ async def run_scenario(
     report = RunReport(results_dir=store.root)
     thresholds = scenario.threshold_list()
     points = expand(scenario)
-    keeper = ServerKeeper(workdir=store.root / "logs", listener=listener)
+    progress = PointProgress(store.points_dir, listener, observer)
+    keeper = ServerKeeper(workdir=store.root / "logs", listener=progress)
     try:
         for index, point in enumerate(points, start=1):
             if stop is not None and stop.is_set():
@@ -228,9 +259,10 @@ async def run_scenario(
                 listener.point_finished(index, len(points), done, True)
                 continue
             listener.point_started(index, len(points), point)
+            progress.begin(point.point_id, point.label)
             requests_path = store.requests_path(point.point_id) if scenario.save_requests else None
             result, error = await measure(
-                keeper, point.server, point.workload, point.load, scenario.slo, observer=observer, stop=stop,
+                keeper, point.server, point.workload, point.load, scenario.slo, observer=progress.observe, stop=stop,
                 requests_path=requests_path,
             )  # fmt: skip
             if stop is not None and stop.is_set():
@@ -238,6 +270,7 @@ async def run_scenario(
                 report.stopped = True
                 break
             record = store.save(make_record(point, result, error), result)
+            progress.end()
             report.records.append(record)
             report.measured += 1
             report.failed += 0 if record.ok else 1
@@ -246,6 +279,7 @@ async def run_scenario(
                 report.stopped = True
                 break
     finally:
+        progress.end()  # a point cut short by a stop or an error is no longer in progress
         # Shielded so Ctrl-C during the loop still stops the server before hpload exits.
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(keeper.close())

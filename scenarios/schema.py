@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hpload.loadgen.slo import Limit
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
+from hpload.scenarios.capacity import CapacitySpec
 from hpload.scenarios.space import ParamSpec
 from hpload.servers.kinds import KINDS, ServerSettings
 
@@ -115,6 +116,8 @@ class Scenario(_Strict):
     """When a point fails (its server crashed or never came up): go on with the next point, or stop the sweep."""
     sweep: SweepSpec | None = None
     tune: TuneSpec | None = None
+    capacity: CapacitySpec | None = None
+    """A capacity search per server (``hpload capacity``, or ``hpload run`` on a scenario with this table)."""
 
     @field_validator("thresholds")
     @classmethod

@@ -23,6 +23,7 @@ from hpload.loadgen.slo import slo_constraints
 from hpload.loadgen.snapshot import Observer
 from hpload.loadgen.specs import SLO
 from hpload.scenarios.points import Point, apply_settings
+from hpload.scenarios.progress import PointProgress
 from hpload.scenarios.results import PointRecord, ResultStore
 from hpload.scenarios.runner import QuietListener, RunListener, ServerKeeper, default_results_dir, make_record, measure
 from hpload.scenarios.schema import Scenario, TuneSpec
@@ -134,7 +135,8 @@ async def tune_server(
         n_startup_trials=tune.n_startup_trials,
     )
     report = StudyReport(label=base.label, study_name=study_name, storage=storage)
-    keeper = ServerKeeper(workdir=store.root / "logs", listener=listener)
+    progress = PointProgress(store.points_dir, listener, observer)
+    keeper = ServerKeeper(workdir=store.root / "logs", listener=progress)
     rng = random.Random(seed)
     repeats = 0
     try:
@@ -147,7 +149,7 @@ async def tune_server(
                 base, scenario.workload, scenario.load, dict(proposal.params), f"tune ({base.label})"
             )
             point = Point(server=server, workload=workload, load=load, settings=dict(proposal.params))
-            outcome, reused = await _outcome_for(tuner, proposal, point, store, keeper, scenario, observer, stop)
+            outcome, reused = await _outcome_for(tuner, proposal, point, store, keeper, scenario, progress, stop)
             if outcome is None:  # stopped mid-measurement: the trial stays open and is re-queued on resume
                 break
             await asyncio.to_thread(tuner.tell, proposal, outcome)
@@ -163,6 +165,7 @@ async def tune_server(
                 report.default_value = outcome.value
             listener.trial_finished(base.label, tuner.n_measured, tune.n_trials, proposal.params, outcome, reused)
     finally:
+        progress.end()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(keeper.close())
     report.best = await asyncio.to_thread(tuner.best)
@@ -191,7 +194,7 @@ async def _outcome_for(
     store: ResultStore,
     keeper: ServerKeeper,
     scenario: Scenario,
-    observer: Observer | None,
+    progress: PointProgress,
     stop: asyncio.Event | None,
 ) -> tuple[Outcome | None, bool]:
     tune = scenario.tune
@@ -210,12 +213,14 @@ async def _outcome_for(
     record = store.get(point.point_id)
     if record is not None and record.ok:
         return outcome_of(record, tune.objective, scenario.slo), True
+    progress.begin(point.point_id, point.label)
     result, error = await measure(
-        keeper, point.server, point.workload, point.load, scenario.slo, observer=observer, stop=stop
+        keeper, point.server, point.workload, point.load, scenario.slo, observer=progress.observe, stop=stop
     )
     if stop is not None and stop.is_set():
         return None, False
     record = store.save(make_record(point, result, error, source="tune"), result)
+    progress.end()
     return outcome_of(record, tune.objective, scenario.slo), False
 
 

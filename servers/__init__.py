@@ -1,7 +1,7 @@
 """hpload.servers: every server hpload drives, behind one interface.
 
 ``make_server(settings)`` returns a :class:`Server`; ``async with make_server(s) as srv:`` starts it, waits until a
-real completion succeeds, and stops its whole process group on exit. The kinds (``vllm``, ``hf``, ``echo``,
+real completion succeeds, and stops its whole process group on exit. The kinds (e.g. ``vllm``, ``hf``, ``echo``,
 ``external``) are one table, :data:`hpload.servers.kinds.KINDS`: a new kind is one module and one entry there.
 Servers hpload builds live in packages (``echo/``, ``hf/``); the ones it only launches or attaches to are modules.
 """

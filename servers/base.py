@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import httpx
 
@@ -41,9 +41,27 @@ class Server(abc.ABC):
     metrics_url: str | None = None
     log_path: Path | None = None
     startup_timeout_s: float = 60.0
+    unsupported_request_fields: ClassVar[tuple[str, ...]] = ()
+    """Request fields of the workload this kind refuses (e.g. ``ignore_eos``): the client leaves them out for it, and
+    :meth:`request_caveats` says so before a run and on each result."""
 
     def __init__(self) -> None:
         self._base_url: str | None = None
+
+    @classmethod
+    def request_caveats(cls, settings: Any, workload: Any) -> list[str]:
+        """One line per workload setting a server of this kind cannot honour (empty when the workload asks none)."""
+        asked = [f for f in cls.unsupported_request_fields if getattr(workload, f, None) not in (None, False)]
+        if not asked:
+            return []
+        return [f"server '{settings.label}' ({cls.engine_name()}) does not take {', '.join(asked)}: not sent, so "
+                "output lengths are not fixed (requests may stop at EOS); output tokens are the server's own "
+                "streamed counts"]
+
+    @classmethod
+    def engine_name(cls) -> str:
+        """What this kind runs, as said in warnings."""
+        return cls.__name__
 
     @property
     def base_url(self) -> str:
@@ -140,8 +158,8 @@ async def probe_completion(client: httpx.AsyncClient, base_url: str, model: str,
 class ProcessServer(Server, Generic[S]):
     """A server hpload spawns: a free loopback port, a process group, a log file, and readiness by completion.
 
-    ``settings`` is the kind's settings model; the fields every spawned kind has (label, host, port, api_key,
-    startup_timeout_s, served_model_name) are read here, so a subclass writes ``argv``/``env`` and, when it loads a
+    ``settings`` is the kind's settings model; the fields every spawned kind has (label, host, port,
+    startup_timeout_s, and api_key and served_model_name where the kind has them) are read here, so a subclass writes ``argv``/``env`` and, when it loads a
     local model, overrides ``local_model_dir``."""
 
     host: str = "127.0.0.1"
@@ -155,11 +173,12 @@ class ProcessServer(Server, Generic[S]):
         self._port = s.port
         self._workdir = workdir
         self.startup_timeout_s = s.startup_timeout_s
-        self.api_key = s.api_key.get_secret_value() if s.api_key else None
+        api_key = getattr(s, "api_key", None)  # a kind with no auth has no such setting
+        self.api_key = api_key.get_secret_value() if api_key else None
         self._child: procs.Child | None = None
         self._stopping = False
         self.model_dir = self.local_model_dir(getattr(s, "model", None))
-        self.model = s.served_model_name or self.model_dir
+        self.model = getattr(s, "served_model_name", None) or self.model_dir
 
     def local_model_dir(self, model: str | None) -> str:
         """The model directory this kind loads, from its ``model`` setting; "" for a kind with no local model."""

@@ -1,7 +1,7 @@
 """``hpload serve KIND`` (the kinds with ``cli`` in hpload.servers.kinds): one server in the foreground until Ctrl-C
 or SIGTERM. The flags come from the kind's settings model, so a new setting needs no edit here.
 
-``hf`` serves in this process; ``echo`` and ``vllm`` run as a supervised child process group, so stopping hpload
+``hf`` serves in this process; the others (``echo``, ``vllm``, ...) run as a supervised child process group, so stopping hpload
 stops them too.
 """
 
@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         add_settings_flags(sub, kind.settings)
         if "extra_args" in kind.settings.model_fields:
             sub.add_argument("extra_args", nargs=argparse.REMAINDER, help=f"-- then any other {name} flags")
-        _common(sub, default_label=name)
+        _common(sub, kind.settings, default_label=name)
 
 
 # Fields that are not flags: the tag, the ones _common spells out, and the ones with no command-line form.
@@ -78,23 +78,25 @@ def settings_flags(settings: BaseModel) -> list[str]:
     return argv
 
 
-def _common(parser: argparse.ArgumentParser, *, default_label: str) -> None:
+def _common(parser: argparse.ArgumentParser, model: type[BaseModel], *, default_label: str) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     parser.add_argument("--port", type=int, default=None, help="port (default: 8000 for hf, else a free one)")
-    parser.add_argument("--served-model-name", default=None, help="the model name clients put in requests")
-    parser.add_argument("--api-key", default=None,
-                        help="require 'Authorization: Bearer KEY' (or set HPLOAD_API_KEY, which keeps it out of ps)")
+    if "served_model_name" in model.model_fields:  # a kind without it answers to its model path
+        parser.add_argument("--served-model-name", default=None, help="the model name clients put in requests")
+    if "api_key" in model.model_fields:  # a kind without auth has no key to set
+        parser.add_argument("--api-key", default=None,
+                            help="require 'Authorization: Bearer KEY' (or set HPLOAD_API_KEY, which keeps it out of ps)")
     parser.add_argument("--label", default=default_label, help=argparse.SUPPRESS)
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     from hpload.servers.kinds import KINDS
 
-    values = {k: v for k, v in vars(args).items() if k not in ("kind", "command") and v is not None}
-    if "api_key" not in values and os.environ.get("HPLOAD_API_KEY"):
-        values["api_key"] = os.environ["HPLOAD_API_KEY"]
     cls = KINDS[args.kind].settings
-    if args.kind == "vllm":
+    values = {k: v for k, v in vars(args).items() if k not in ("kind", "command") and v is not None}
+    if "api_key" in cls.model_fields and "api_key" not in values and os.environ.get("HPLOAD_API_KEY"):
+        values["api_key"] = os.environ["HPLOAD_API_KEY"]
+    if "extra_args" in cls.model_fields:
         values["extra_args"] = [a for a in values.get("extra_args", []) if a != "--"]
     if args.kind == "hf" and "port" not in values:
         values["port"] = 8000

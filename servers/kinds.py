@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, Field
 
 from hpload.servers.settings import EchoSettings, ExternalSettings, HFSettings, VllmSettings
+from hpload.servers.transformers_serve import TransformersSettings
 
 if TYPE_CHECKING:
     from hpload.servers.base import Server
@@ -63,12 +64,16 @@ KINDS: dict[str, Kind] = {
              "the calibration server: set TTFT, inter-token delay and output length", builds=True),
         Kind(VllmSettings, "hpload.servers.vllm:VllmServer", "vLLM's OpenAI server, supervised", local_model=True,
              start_note="vLLM takes a minute or two on a CPU"),
+        Kind(TransformersSettings, "hpload.servers.transformers_serve:TransformersServer",
+             "HuggingFace's `transformers serve`, supervised (flags after -- go to it)", local_model=True),
         Kind(ExternalSettings, "hpload.servers.external:ExternalServer",
              "an OpenAI-compatible server hpload does not manage (attach to its URL)", cli=False),
     )
 }
 
-ServerSettings = Annotated[VllmSettings | HFSettings | EchoSettings | ExternalSettings, Field(discriminator="kind")]
+ServerSettings = Annotated[
+    VllmSettings | HFSettings | TransformersSettings | EchoSettings | ExternalSettings, Field(discriminator="kind")
+]
 """Any kind's settings, told apart by ``kind`` (scenario files embed these tables)."""
 
 

@@ -85,6 +85,15 @@ class EchoSettings(_Strict):
     trace: str | None = Field(
         default=None, description="a file for one JSON line per finished stream: id, arrival, every write")
     """A file to get one JSON line per finished stream: its X-Request-Id, kernel arrival and every write time."""
+    batching: bool = Field(
+        default=False, description="behave like a batching inference server (docs/capacity.md); ttft/itl unused")
+    """Behave like a batching inference server (FIFO queue, steps that grow with the batch, a prefill cost per
+    prompt token, ``max_batch``): ttft_ms/itl_ms are then unused. The model: docs/capacity.md."""
+    step_ms: float = Field(default=10.0, ge=0, description="batching: fixed time of one step")
+    step_per_seq_ms: float = Field(default=0.5, ge=0, description="batching: step time added per running request")
+    max_batch: int = Field(default=16, ge=1, description="batching: most requests in one step")
+    prefill_ms_per_token: float = Field(
+        default=0.02, ge=0, description="batching: step time added per prompt token admitted in the step")
     served_model_name: str = "echo"
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=0, le=65535)

@@ -7,6 +7,7 @@ import sys
 
 from hpload.servers.base import ProcessServer
 from hpload.servers.settings import VllmSettings
+from hpload.servers.vllm_features import per_request_metrics_argv
 
 # settings field -> vLLM flag, for the fields that map one to one onto a valued flag
 _VALUED_FLAGS = {
@@ -62,6 +63,8 @@ class VllmServer(ProcessServer[VllmSettings]):
             value = getattr(s, field)
             if value is not None:
                 argv.append(on if value else off)
+        # The server's own per-request timings, to join with the client's (hpload.loadgen.server_timing).
+        argv += per_request_metrics_argv(s.extra_args)
         argv += s.extra_args
         return argv
 

@@ -10,8 +10,9 @@ event loop, whatever its scope, is free to talk to ``server.base_url``.
 - ``hf_server``: hpload's transformers wrapper, pipeline mode, batch_size 8.
 - ``echo_server``: the calibration server (ttft 20 ms, itl 2 ms, 16 tokens).
 
-Every fixture stops its whole process group at session end, and each server's log lands under pytest's session
-temp dir (``server.log_path``), so a failure can quote it.
+Their limits on start-up are scaled for a slow machine in one place (``helpers.wait_s``). Every fixture stops its
+whole process group at session end, and each server's log lands under pytest's session temp dir
+(``server.log_path``), so a failure can quote it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import wait_s
 from hypothesis import settings
 
 from hpload.servers import EchoSettings, HFSettings, Server, VllmSettings, make_server
@@ -73,7 +75,7 @@ def server_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model: Path, server_workdir: Path) -> Iterator[Server]:
     settings = VllmSettings(model=str(tiny_model), dtype="float32", max_model_len=512, max_num_seqs=16,
-                            startup_timeout_s=400)
+                            startup_timeout_s=wait_s(400))
     server = start_server(make_server(settings, workdir=server_workdir))
     try:
         yield server
@@ -85,7 +87,7 @@ def vllm_server(tiny_model: Path, server_workdir: Path) -> Iterator[Server]:
 def hf_server(tiny_model: Path, server_workdir: Path) -> Iterator[Server]:
     # One torch thread: on a small shared CPU two OpenMP threads stall each other (measured 20x slower).
     settings = HFSettings(model=str(tiny_model), mode="pipeline", batch_size=8, dtype="float32", device="cpu",
-                          torch_threads=1)
+                          torch_threads=1, startup_timeout_s=wait_s(60))
     server = start_server(make_server(settings, workdir=server_workdir))
     try:
         yield server
@@ -95,7 +97,7 @@ def hf_server(tiny_model: Path, server_workdir: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def echo_server(server_workdir: Path) -> Iterator[Server]:
-    settings = EchoSettings(ttft_ms=20, itl_ms=2, output_tokens=16)
+    settings = EchoSettings(ttft_ms=20, itl_ms=2, output_tokens=16, startup_timeout_s=wait_s(60))
     server = start_server(make_server(settings, workdir=server_workdir))
     try:
         yield server

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import psutil
+
+# The one place that sets how patient the tests are while they wait for a state (a server ready, a point written,
+# a request recorded, a process gone). A cold first start (empty page cache, first imports) or a busy core makes
+# every step slower; only these limits grow with it, never an assertion's bound. HPLOAD_TEST_WAIT_FACTOR overrides.
+WAIT_FACTOR = float(os.environ.get("HPLOAD_TEST_WAIT_FACTOR") or (2.0 if (os.cpu_count() or 1) <= 2 else 1.0))
+
+
+def wait_s(seconds: float) -> float:
+    """A limit on a wait for a state, in seconds, scaled for this machine."""
+    return seconds * WAIT_FACTOR
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.05) -> None:
+    """Poll ``predicate`` until it holds; ``timeout_s`` is scaled by :data:`WAIT_FACTOR`."""
+    deadline = time.monotonic() + wait_s(timeout_s)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {wait_s(timeout_s):.0f} s waiting for {what}")
+        time.sleep(poll_s)
 
 
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
@@ -32,3 +55,16 @@ def engine_pids(pids: list[int]) -> list[int]:
         except psutil.Error:
             continue
     return found
+
+
+def point_in_progress(results: Path, *, measured: int = 1) -> dict[str, object] | None:
+    """The in-progress file of the point being measured in ``results`` (``hpload run``/``tune --results``) once the
+    load generator has recorded at least ``measured`` measured requests of it, else None."""
+    for path in sorted((results / "points").glob("*.progress.json")):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # replaced or removed under us: look again next time
+        if state.get("state") == "measuring" and int(state.get("requests_completed") or 0) >= measured:
+            return dict(state)
+    return None

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import wait_s
 
 from hpload.loadgen.sse import SSEDecoder
 
@@ -35,7 +36,7 @@ class EchoProc:
                 [sys.executable, "-m", "hpload.servers.echo", "--port", "0", *args],
                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + wait_s(30)
         while time.monotonic() < deadline:
             m = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
             if m:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import point_in_progress, wait_s
 
 ECHO = """
 [[servers]]
@@ -58,7 +59,8 @@ def finished_points(results: Path) -> list[dict[str, object]]:
 
 
 def wait_for(predicate, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
+    """Wait for a state; ``timeout_s`` is scaled for a slow machine (tests/helpers.py)."""
+    deadline = time.monotonic() + wait_s(timeout_s)
     while time.monotonic() < deadline:
         if predicate():
             return
@@ -95,7 +97,7 @@ def reap() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def assert_no_child_left(tree: list[psutil.Process]) -> None:
-    _, alive = psutil.wait_procs(tree, timeout=15)
+    _, alive = psutil.wait_procs(tree, timeout=wait_s(15))
     assert not alive, f"left behind: {[(p.pid, p.name()) for p in alive]}"
 
 
@@ -115,15 +117,16 @@ num_requests = [400, 20]
     results, log = tmp_path / "results", tmp_path / "run.log"
     proc = hpload("run", str(scenario), "--results", str(results), log=log)
     reap.append(proc)
-    # Into the measurement of point 1 (the console says "measuring" once the server is ready and load starts).
-    wait_for(lambda: "measuring" in log.read_text() and bool(echo_children(proc.pid)), 60, proc, log)
+    # Into the measurement of point 1: its in-progress file counts a measured request recorded (so the server was
+    # ready and serving), and the sweep has 399 more to go.
+    wait_for(lambda: point_in_progress(results) is not None, 60, proc, log)
     victim = echo_children(proc.pid)[0]
-    time.sleep(1.0)
     victim.send_signal(signal.SIGKILL)
-    rc = proc.wait(120)
+    rc = proc.wait(wait_s(120))
     out = log.read_text()
     assert rc == 2, out  # a failed point fails the run, after the sweep (exit 2, one line naming the fix)
     assert "Traceback" not in out, out
+    assert not list((results / "points").glob("*.progress.json")), "an ended point still says it is in progress"
     points = finished_points(results)
     crashed = [p for p in points if p["status"] == "failed"]
     assert len(crashed) == 1, points
@@ -163,7 +166,7 @@ def test_signal_during_a_sweep_keeps_points_and_rerun_resumes(
     wait_for(lambda: len(finished_points(results)) >= 2, 120, proc, log)
     tree = [psutil.Process(proc.pid), *echo_children(proc.pid)]
     proc.send_signal(signum)
-    rc = proc.wait(60)
+    rc = proc.wait(wait_s(60))
     out = log.read_text()
     assert rc == 130, out
     assert "interrupted; finished results are on disk" in out and "Traceback" not in out, out
@@ -174,7 +177,7 @@ def test_signal_during_a_sweep_keeps_points_and_rerun_resumes(
     rerun_log = tmp_path / "rerun.log"
     again = hpload("run", str(scenario), "--results", str(results), log=rerun_log)
     reap.append(again)
-    assert again.wait(180) == 0, rerun_log.read_text()
+    assert again.wait(wait_s(180)) == 0, rerun_log.read_text()
     rerun = rerun_log.read_text()
     assert f"{len(kept)} already there" in rerun, rerun
     assert len(finished_points(results)) == 6
@@ -210,7 +213,7 @@ def test_signal_during_a_tuning_study_keeps_trials_and_rerun_resumes(
     wait_for(lambda: len(finished_points(results)) >= 1, 180, proc, log)
     tree = [psutil.Process(proc.pid), *echo_children(proc.pid)]
     proc.send_signal(signum)
-    rc = proc.wait(60)
+    rc = proc.wait(wait_s(60))
     out = log.read_text()
     assert rc == 130, out
     assert "Traceback" not in out, out
@@ -222,7 +225,7 @@ def test_signal_during_a_tuning_study_keeps_trials_and_rerun_resumes(
     rerun_log = tmp_path / "retune.log"
     again = hpload("tune", str(scenario), "--results", str(results), log=rerun_log)
     reap.append(again)
-    assert again.wait(240) == 0, rerun_log.read_text()
+    assert again.wait(wait_s(240)) == 0, rerun_log.read_text()
     retune = rerun_log.read_text()
     # Resumed: the study counts the trials it already had, so fewer than n_trials are measured this time.
     measured_now = retune.count("trial ") - retune.count("[known point")
@@ -260,7 +263,7 @@ def test_full_disk_gives_one_clear_line(tmp_path: Path) -> None:
     try:
         # Output through pipes: a file-size limit would silence a log file, not a pipe.
         proc = subprocess.run([sys.executable, "-m", "hpload", "run", str(scenario), "--results", str(results)],
-                              capture_output=True, text=True, timeout=120, preexec_fn=preexec)  # fmt: skip
+                              capture_output=True, text=True, timeout=wait_s(120), preexec_fn=preexec)  # fmt: skip
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(mount)], check=False)

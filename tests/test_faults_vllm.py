@@ -2,8 +2,10 @@
 
 The run must end on its own (vLLM's API server notices the dead engine and exits, so the remaining requests fail
 fast), count every request it sent as completed or failed by kind, and the launcher must report the death with the
-log tail and leave no process of the group behind. Its own vLLM (~85 s to start here): killing the session's shared
-server would break every later test.
+log tail and leave no process of the group behind. A plain OpenAI-style stream open at the kill must fail too (a
+dropped connection, an error status or event), never end as if complete. Its own vLLM (~85 s to start here):
+killing the session's shared server would break every later test; and ONE such victim for every engine-kill check,
+since each costs a vLLM start.
 """
 
 from __future__ import annotations
@@ -12,32 +14,36 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
-from helpers import engine_pids
+from helpers import engine_pids, wait_s
 
 from hpload.errors import ServerError
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.loadgen.snapshot import Snapshot
-from hpload.servers import VllmSettings, make_server
+from hpload.servers import Server, VllmSettings, make_server
 
 pytestmark = pytest.mark.slow
 
 
 async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> None:
-    settings = VllmSettings(label="vllm-faults", model=str(tiny_model), dtype="float32", max_model_len=256,
-                            max_num_seqs=4, startup_timeout_s=400)  # fmt: skip
+    settings = VllmSettings(label="vllm-faults", model=str(tiny_model), dtype="float32", max_model_len=512,
+                            max_num_seqs=8, startup_timeout_s=wait_s(400))  # fmt: skip
     server = make_server(settings, workdir=tmp_path)
     async with server:
         engines = engine_pids(server.pids())
         assert engines, f"no EngineCore among {server.pids()}"
         snaps: list[Snapshot] = []
         killed = asyncio.Event()
+        generating = asyncio.Event()  # the raw stream below has its first token
+        raw = asyncio.create_task(_raw_stream(server, generating))
 
         def observe(snap: Snapshot) -> None:
             snaps.append(snap)
-            # Kill once the run is really under way: a few requests done, more in flight.
-            if not killed.is_set() and snap.requests_completed >= 3:
+            # Kill once the run is really under way (a few requests done, more in flight) and the raw stream is
+            # generating: states, not a guess at how long either takes.
+            if not killed.is_set() and snap.requests_completed >= 3 and (generating.is_set() or raw.done()):
                 for pid in engines:
                     psutil.Process(pid).kill()
                 killed.set()
@@ -53,6 +59,10 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
         )
         elapsed = time.monotonic() - t0
         assert killed.is_set(), "the run ended before the kill"
+        assert generating.is_set(), f"the raw stream never generated: {raw.exception() if raw.done() else raw}"
+        # The raw stream open at the kill failed: no usage trailer, or an error (status, event, dropped connection).
+        with pytest.raises((httpx.HTTPError, StreamFailed)):
+            await asyncio.wait_for(raw, timeout=120)
         s = result.summary
         assert s["completed"] >= 3 and s["failed"] >= 1, (s, result.errors)
         assert s["completed"] + s["failed"] + result.counters.get("incomplete", 0) == 400, (s, result.counters)
@@ -63,5 +73,31 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
         assert await server.wait_exit(60) is not None, "vLLM kept running without its engine"
         with pytest.raises(ServerError) as caught:
             server.check()
-        assert "vllm-faults exited with code" in str(caught.value) and "last log lines" in str(caught.value)
+        message = str(caught.value)
+        assert "vllm-faults exited with code" in message and "last log lines" in message
+        assert len(message.splitlines()) > 3, message
     assert not [p for p in server.pids() if psutil.pid_exists(p)], "a process of the dead server's group survived"
+
+
+class StreamFailed(Exception):
+    """A 200 stream that carried an error event or ended without its usage trailer."""
+
+
+async def _raw_stream(server: Server, generating: asyncio.Event) -> None:
+    """One long streamed chat request read as any OpenAI client reads it; raises if it fails, returns if whole."""
+    body = {"model": server.model, "messages": [{"role": "user", "content": "import os"}], "max_tokens": 480,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    completed = False
+    async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+        async with client.stream("POST", f"{server.base_url}/v1/chat/completions", json=body) as resp:
+            resp.raise_for_status()
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                generating.set()
+                if '"error"' in line:
+                    raise StreamFailed("error event inside the stream")
+                if '"usage"' in line:
+                    completed = True
+    if not completed:
+        raise StreamFailed("stream ended without its usage trailer")

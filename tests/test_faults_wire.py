@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from helpers import wait_s
 
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.loadgen.result import RunResult
@@ -217,6 +218,18 @@ async def test_connection_refused_is_a_connect_error() -> None:
     assert_accounted(result, 4)
 
 
+def _accept_queue_full(port: int) -> bool:
+    """Whether the IPv4 listener on ``port`` has a full accept queue. In /proc/net/tcp a listener's rx_queue is its
+    accept queue and tx_queue the queue's limit; the kernel drops SYNs once the first exceeds the second."""
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                limit, queued = (int(x, 16) for x in fields[4].split(":"))
+                return queued > limit
+    return False
+
+
 async def test_connect_timeout_against_a_full_accept_queue() -> None:
     # A listener that never accepts, with its backlog filled: Linux drops further SYNs, so connect() hangs until
     # the client's connect timeout ends it.
@@ -234,7 +247,11 @@ async def test_connect_timeout_against_a_full_accept_queue() -> None:
             except BlockingIOError:
                 pass
             fillers.append(s)
-        await asyncio.sleep(0.2)
+        # The fillers' handshakes complete in the kernel: wait until the accept queue is really full.
+        deadline = time.monotonic() + wait_s(10)
+        while not _accept_queue_full(port):
+            assert time.monotonic() < deadline, "the fillers never filled the accept queue"
+            await asyncio.sleep(0.01)
         t0 = time.monotonic()
         load = LoadSpec(concurrency=2, num_requests=2, connect_timeout_s=0.5)
         result = await run_load(Target(f"http://127.0.0.1:{port}", "m"), WORKLOAD, load)

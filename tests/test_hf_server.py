@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from helpers import wait_s
 
 from hpload.servers import HFSettings, Server, make_server
 
@@ -152,7 +154,8 @@ async def _aborted(server: Server) -> float:
 async def _assert_disconnect_frees_the_batch(server: Server) -> None:
     before = await _aborted(server)
     await _abandon_stream(server)
-    for _ in range(100):  # generation must stop soon, not run the remaining ~1500 tokens
+    deadline = time.monotonic() + wait_s(10)
+    while time.monotonic() < deadline:  # generation must stop soon, not run the remaining ~1500 tokens
         if await _aborted(server) > before and await _metric(server, "num_requests_running") == 0:
             break
         await asyncio.sleep(0.1)
@@ -166,7 +169,7 @@ async def test_client_disconnect_stops_generation(hf_server: Server) -> None:
 
 async def test_continuous_mode_streams_chat_with_exact_usage(tiny_model: Path, tmp_path: Path) -> None:
     settings = HFSettings(label="hf-cb", model=str(tiny_model), mode="continuous", batch_size=4, device="cpu",
-                          torch_threads=1)
+                          torch_threads=1, startup_timeout_s=wait_s(60))
     async with make_server(settings, workdir=tmp_path) as server:
         before = await _metric(server, "generation_tokens_total")  # the readiness probe generated one already
         results = await asyncio.gather(*[

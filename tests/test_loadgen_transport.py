@@ -11,6 +11,7 @@ from time import perf_counter_ns
 
 import httpx2
 import pytest
+from helpers import wait_s
 
 from hpload import netstamp
 from hpload.loadgen.transport import ARRIVAL_EXTENSION, LeanTransport
@@ -231,6 +232,7 @@ def _threaded_server(script: Callable[[socket.socket], None]) -> tuple[str, thre
 @pytest.mark.skipif(not _kernel_stamps(), reason="no kernel receive timestamps on this system")
 async def test_arrival_is_when_bytes_came_not_when_a_busy_loop_read_them(client: httpx2.AsyncClient) -> None:
     sent: dict[str, int] = {}
+    second_sent = threading.Event()
 
     def script(conn: socket.socket) -> None:
         while b"\r\n\r\n" not in conn.recv(65536):
@@ -241,11 +243,14 @@ async def test_arrival_is_when_bytes_came_not_when_a_busy_loop_read_them(client:
         time.sleep(0.02)
         sent["second"] = perf_counter_ns()
         conn.sendall(b"6\r\nsecond\r\n0\r\n\r\n")
+        second_sent.set()
 
     url, thread = _threaded_server(script)
     async with client.stream("GET", url) as resp:
         body = resp.extensions[ARRIVAL_EXTENSION]
-        # The loop is stuck (as when it serves hundreds of streams) while the second piece comes in.
+        # The loop is stuck (as when it serves hundreds of streams) while the second piece comes in, and for a
+        # while after it came: its stamp must still say when it came.
+        assert second_sent.wait(wait_s(10))  # noqa: ASYNC251 - blocking the loop is the point
         time.sleep(0.15)  # noqa: ASYNC251 - blocking the loop is the point
         read_ns = perf_counter_ns()
         stamps = [(piece, body.arrival_ns) async for piece in resp.aiter_raw()]

@@ -137,7 +137,7 @@ def test_repeats_get_distinct_seeds() -> None:
     assert len({p.point_id for p in fast}) == 3
 
 
-@pytest.mark.parametrize("name", ["quickstart", "landscape", "online", "slo-tune"])
+@pytest.mark.parametrize("name", ["quickstart", "landscape", "online", "slo-tune", "three-servers"])
 def test_shipped_scenarios_parse(name: str) -> None:
     assert name in shipped_names()
     loaded = load_scenario(name)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import kill_tree
+from helpers import kill_tree, wait_s, wait_until
 
 from hpload.loadgen.result import RunResult
 
@@ -49,11 +48,11 @@ def test_sigkill_mid_sweep_loses_nothing_and_rerun_resumes(tmp_path: Path) -> No
     proc = subprocess.Popen(hpload("run", str(scenario), "--results", str(results), "--quiet"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while len(finished(results)) < 2:
+        def two_points() -> bool:
             assert proc.poll() is None, "hpload run ended before it could be killed mid-sweep"
-            assert time.monotonic() < deadline, "no two points finished within 120 s"
-            time.sleep(0.05)
+            return len(finished(results)) >= 2
+
+        wait_until(two_points, 120, "two finished points")
     finally:
         kill_tree(proc)
     before = finished(results)
@@ -204,3 +203,28 @@ def test_a_points_warnings_are_kept_and_printed_even_when_quiet(tmp_path: Path) 
     ConsoleProgress(out, quiet=True).point_finished(1, 1, record, skipped=False)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and all("warning:" in line for line in lines) and busy in lines[1]
+
+
+def test_console_says_what_happens_in_the_order_it_happens(tmp_path: Path) -> None:
+    """A server starts, is ready, then load runs: the console prints those states in that order (a line a user or a
+    test waits on must be true when it appears), and no point is left marked in progress."""
+    scenario = tmp_path / "order.toml"
+    scenario.write_text(SWEEP.replace("concurrency = [1, 2, 3, 4, 5, 6]", "concurrency = [1, 2]"))
+    results = tmp_path / "res"
+    done = subprocess.run(hpload("run", str(scenario), "--results", str(results)), capture_output=True, text=True,
+                          timeout=wait_s(120))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+
+    def first(text: str, after: int = -1) -> int:
+        return next(i for i, line in enumerate(lines) if i > after and text in line)
+
+    starting = first("starting server echo")
+    ready = first("echo ready in", starting)
+    measuring = first("[1/2] echo concurrency=1: measuring", ready)
+    first("[1/2] echo: done", measuring)
+    assert not any("measuring" in line for line in lines[:ready]), lines
+    # The second point reuses the running server: no second start, straight to measuring.
+    assert sum("starting server" in line for line in lines) == 1, lines
+    first("[2/2] echo concurrency=2: measuring", measuring)
+    assert not list((results / "points").glob("*.progress.json"))

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from helpers import wait_until
 
 from hpload.servers import EchoSettings, HFSettings, Server, VllmSettings, make_server
 from hpload.servers.base import free_port
@@ -73,14 +74,14 @@ def test_wrapper_bound_wider_warns_and_a_key_guards_it(tiny_model: Path, tmp_pat
         )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             assert proc.poll() is None, log.read_text()
             try:
-                if httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200:
-                    break
+                return httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.3)
+                return False
+
+        wait_until(healthy, 180, "the wrapper's /health", poll_s=0.3)
         body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
         assert httpx.post(f"{base}/v1/completions", json=body, timeout=60, trust_env=False).status_code == 401
         assert httpx.get(f"{base}/v1/models", timeout=60, trust_env=False).status_code == 401
@@ -194,7 +195,6 @@ def test_the_tui_never_unwraps_a_key() -> None:
 
 async def test_the_tui_never_shows_a_key(tmp_path: Path) -> None:
     """The real TUI runs a keyed echo scenario; no screen it draws (setup, run, log tail) contains the key."""
-    import time
 
     from hpload.tui.app import HploadApp
     from hpload.tui.panels import ServerPanel

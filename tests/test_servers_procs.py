@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import psutil
+from helpers import wait_s
 
 from hpload import procs
 
@@ -22,7 +23,7 @@ time.sleep(600)
 
 
 def _wait_for_pids(log: Path) -> list[int]:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + wait_s(30)
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
             if line.startswith("pids "):

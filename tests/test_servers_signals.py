@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from helpers import wait_s
 
 from hpload.servers.base import free_port
 
@@ -23,7 +24,7 @@ def _serve(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
 
 
 def _wait_ok(url: str, proc: subprocess.Popen[bytes], log: Path, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + wait_s(180)
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()[-3000:]
         try:

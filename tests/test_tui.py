@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import wait_s
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
@@ -65,10 +66,11 @@ def spawned_children(before: set[int]) -> list[psutil.Process]:
 
 
 async def wait_for(pilot: Pilot[int], condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
+    """Wait for a state; ``timeout_s`` is scaled for a slow machine (tests/helpers.py)."""
+    deadline = time.monotonic() + wait_s(timeout_s)
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {wait_s(timeout_s):.0f} s waiting for {what}")
         await pilot.pause(0.2)
 
 
@@ -114,9 +116,10 @@ async def test_setup_start_live_update_stop_leaves_no_process(tmp_path: Path) ->
 
         await pilot.press("s")
         await wait_for(pilot, lambda: not run.running, 60, "the engine to stop")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: run.outcome is not None, 10, "the run's outcome")  # drawn as it arrives
         assert run.outcome is not None and run.outcome.state == "stopped"
         assert "stopped" in text_of(run, "#runbar")
+        await asyncio.to_thread(psutil.wait_procs, spawned_children(before), timeout=wait_s(15))
         assert spawned_children(before) == [], "a server or engine process outlived the stop"
         frozen = hist_samples(panel, "ttft")
         await pilot.pause(1.0)
@@ -149,7 +152,7 @@ async def test_two_servers_side_by_side_share_axes(tmp_path: Path) -> None:
         fast, slow = run.panels()
         assert (fast.label, slow.label) == ("echo", "slow")
         await wait_for(pilot, lambda: not run.running and run.session is not None, 120, "both servers to finish")
-        await pilot.pause(0.5)
+        await wait_for(pilot, lambda: run.outcome is not None, 10, "the run's outcome")  # the last event sent
         assert run.outcome is not None and run.outcome.state == "done", run.outcome
         assert fast.state == slow.state == "done"
         for metric in ("ttft", "itl", "e2el"):
@@ -178,7 +181,8 @@ async def test_quit_during_a_run_stops_everything(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: run.panels()[0].snapshot is not None, 90, "the first snapshot")
         await pilot.press("q")
         await wait_for(pilot, lambda: not run.running, 60, "the engine to stop")
-    await asyncio.sleep(0.2)
+    # Stopped servers are gone once their process groups are reaped: wait for that (bounded), then check.
+    await asyncio.to_thread(psutil.wait_procs, spawned_children(before), timeout=wait_s(15))
     assert spawned_children(before) == []
 
 
@@ -244,7 +248,7 @@ async def test_thread_engine_also_runs(tmp_path: Path, engine: str) -> None:
         run = app.screen
         assert isinstance(run, RunScreen)
         await wait_for(pilot, lambda: run.session is not None and not run.running, 90, "the run to finish")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: run.outcome is not None, 10, "the run's outcome")  # the last event sent
         assert run.outcome is not None and run.outcome.state == "done"
         assert hist_samples(run.panels()[0], "e2el") > 0
         assert isinstance(run.panels()[0].histogram("ttft"), HistogramChart)
@@ -264,7 +268,7 @@ async def test_a_server_that_cannot_start_shows_as_failed(tmp_path: Path) -> Non
         run = app.screen
         assert isinstance(run, RunScreen)
         await wait_for(pilot, lambda: run.session is not None and not run.running, 60, "the run to end")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: run.outcome is not None, 10, "the run's outcome")  # the last event sent
         panel = run.panels()[0]
         assert panel.state == "failed", (panel.state, panel.detail)
         assert "no request succeeded" in panel.detail or "nobody" in panel.detail, panel.detail
@@ -309,7 +313,7 @@ async def test_tuning_study_fills_the_points_table_and_marks_the_best(tmp_path: 
         run = app.screen
         assert isinstance(run, RunScreen)
         await wait_for(pilot, lambda: run.session is not None and not run.running, 120, "the study to finish")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: run.outcome is not None, 10, "the run's outcome")  # the last event sent
         assert run.outcome is not None and run.outcome.state == "done", run.outcome
         table = run.query_one(PointsTable)
         assert table.row_count >= 3  # every trial the tuner reports, re-proposed known points included
@@ -321,3 +325,20 @@ async def test_tuning_study_fills_the_points_table_and_marks_the_best(tmp_path: 
         # tuner answers from memory: at least two distinct settings, all from the space.
         assert len(settings) >= 2 and settings <= {"concurrency=1", "concurrency=2", "concurrency=4"}
     assert spawned_children(before) == []
+
+
+def test_session_reports_server_states_in_the_order_they_happen(tmp_path: Path) -> None:
+    """The TUI's engine side: a server is shown starting, then ready (with its start-up time), then running once
+    load starts, then done; never running before it is ready."""
+    from hpload.scenarios.loader import load_scenario
+    from hpload.tui.feed import Feed, ServerState
+    from hpload.tui.session import RunPlan, Session
+
+    scenario = load_scenario(str(write_scenario(tmp_path, duration_s=1)), [], None).scenario
+    feed = Feed(lambda: None)
+    session = Session(RunPlan(scenario), feed, results_root=tmp_path / "results")
+    session.run()
+    events = [e for e in feed.drain().events if isinstance(e, ServerState) and e.label == "echo"]
+    states = [e.state for e in events]
+    assert states == ["starting", "ready", "running", "done"], events
+    assert events[1].detail.startswith("ready in ") and events[1].detail.endswith(" s"), events[1]

@@ -7,11 +7,10 @@ import json
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import kill_tree
+from helpers import kill_tree, point_in_progress, wait_s, wait_until
 
 from hpload.scenarios.landscape import Landscape, default_infpop_dir, load_infpop, replay_study, trials_to_reach
 from hpload.scenarios.space import ParamSpec
@@ -135,7 +134,7 @@ def test_tune_study_resumes_from_sqlite(tmp_path: Path) -> None:
     scenario.write_text(SCENARIO)
     results = tmp_path / "res"
     first = subprocess.run(hpload("tune", str(scenario), "--results", str(results), "--quiet"),
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=wait_s(300))
     assert first.returncode == 0, first.stderr
     assert "best feasible output_throughput" in first.stdout
     records = tune_records(results)
@@ -146,7 +145,7 @@ def test_tune_study_resumes_from_sqlite(tmp_path: Path) -> None:
 
     second = subprocess.run(
         hpload("tune", str(scenario), "--results", str(results), "--quiet", "--n-trials", "5"),
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=wait_s(300),
     )
     assert second.returncode == 0, second.stderr
     states = [state for _, state in complete_trials(results / "study.db")]
@@ -163,17 +162,18 @@ def test_tune_killed_mid_trial_resumes_without_losing_or_repeating(tmp_path: Pat
     proc = subprocess.Popen(hpload("tune", str(scenario), "--results", str(results), "--quiet"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not list(results.glob("points/*.point.json")):
+        # Into a later trial's measurement: one point is on disk and another one is being measured (its
+        # in-progress file says so), so the study has a trial asked and not yet told.
+        def mid_trial() -> bool:
             assert proc.poll() is None, "hpload tune ended before the kill"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(0.3)  # into the next trial's measurement
+            return bool(list(results.glob("points/*.point.json"))) and point_in_progress(results, measured=0) is not None
+
+        wait_until(mid_trial, 120, "a second trial's measurement", poll_s=0.01)
     finally:
         kill_tree(proc)
     before = {p.name: p.read_bytes() for p in (results / "points").glob("*.point.json")}
     rerun = subprocess.run(hpload("tune", str(scenario), "--results", str(results), "--quiet"),
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=wait_s(300))
     assert rerun.returncode == 0, rerun.stderr
     states = [state for _, state in complete_trials(results / "study.db")]
     assert len(list(results.glob("points/*.point.json"))) == 4

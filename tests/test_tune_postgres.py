@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import wait_s
 
 pytestmark = pytest.mark.postgres
 
@@ -102,7 +103,7 @@ def postgres_url() -> Iterator[str]:
     try:
         import psycopg2
 
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + wait_s(60)
         while True:
             assert server.poll() is None, (root / "postgres.log").read_text()
             try:

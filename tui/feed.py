@@ -18,8 +18,8 @@ from hpload.loadgen.snapshot import Snapshot
 
 @dataclass(frozen=True)
 class ServerState:
-    """A lifecycle step of server ``label`` (or of the whole run, label ""): starting, running, done, stopped,
-    failed."""
+    """A lifecycle step of server ``label`` (or of the whole run, label ""): starting, ready, running, done,
+    stopped, failed."""
 
     label: str
     state: str

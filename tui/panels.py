@@ -27,6 +27,7 @@ HISTORY_POINTS = 720  # six minutes of 0.5 s snapshots; a sparkline shows the ne
 STATE_MARKS = {  # state -> (mark, theme variable for its colour)
     "idle": ("○", "foreground-muted"),
     "starting": ("◌", "warning"),
+    "ready": ("◉", "success"),
     "running": ("●", "success"),
     "done": ("✔", "success"),
     "stopped": ("■", "warning"),
@@ -57,6 +58,18 @@ def health_line(health: ClientHealth | None) -> str:
         f"client  cpu {health.cpu_percent:.0f}%  loop lag {format_ms(health.loop_lag_ms)}  "
         f"sched lag {format_ms(health.schedule_lag_ms)}"
     )
+
+
+def server_timing_line(snap: Snapshot | None) -> str:
+    """The server's own per-request view, where it gives one: client-minus-server TTFT and server queue, p50/p99."""
+    if snap is None or "ttft_gap" not in snap.metrics:
+        return ""
+    gap = snap.metrics["ttft_gap"]
+    line = f"\nserver  ttft gap p50 {format_ms(gap.p50_ms)} p99 {format_ms(gap.p99_ms)}"
+    queue = snap.metrics.get("server_queue")
+    if queue is not None:
+        line += f"  queue p50 {format_ms(queue.p50_ms)} p99 {format_ms(queue.p99_ms)}"
+    return line
 
 
 def rate_label(name: str, history: deque[float]) -> str:
@@ -198,7 +211,7 @@ class ServerPanel(Vertical):
         head.append(f" {self.state}")
         if snap is not None:
             head.append(f"  {snap.phase if self.state == 'running' else ''} {snap.elapsed_s:.1f}s")
-        if self.detail and self.state in ("failed", "done", "stopped", "starting"):
+        if self.detail and self.state in ("failed", "done", "stopped", "starting", "ready"):
             head.append(f"  {self.detail}", style="italic")
         head.append("\n" + counters_line(snap))
         self.query_one(".panel-head", Static).update(head)
@@ -208,12 +221,14 @@ class ServerPanel(Vertical):
         self.set_class(bool(health and health.bottleneck), "-bottleneck")
         if health is not None and health.bottleneck:
             reason = health.warning or "the load generator is saturated"
-            warning.update(f"⚠ CLIENT IS THE BOTTLENECK: {reason}")
+            # A starved client is not the bottleneck: the host is (hpload.loadgen.starvation).
+            title = "HOST STARVES THE CLIENT" if "starving the client" in reason else "CLIENT IS THE BOTTLENECK"
+            warning.update(f"⚠ {title}: {reason}")
 
         self.query_one(".req-label", Static).update(rate_label("requests/s", self.req_rate.values))
         self.query_one(".tok-label", Static).update(rate_label("output tok/s", self.tok_rate.values))
         self.query_one(".errors", Static).update(errors_line(snap.errors if snap else {}))
-        self.query_one(".health", Static).update(health_line(health))
+        self.query_one(".health", Static).update(health_line(health) + server_timing_line(snap))
 
 
 class PointsTable(DataTable[Any]):

@@ -138,4 +138,6 @@ def apply_knobs(plan: RunPlan, knobs: Knobs) -> RunPlan:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"] if not str(p).endswith("Settings"))
         raise HploadError(f"{loc}: {first['msg']}; fix: change that knob") from None
-    return replace(plan, scenario=scenario)
+    from hpload.scenarios.runner import scenario_caveats
+
+    return replace(plan, scenario=scenario, notes=tuple(dict.fromkeys([*plan.notes, *scenario_caveats(scenario)])))

@@ -72,7 +72,7 @@ class Session:
         self._stop_requested = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._starting: str | None = None  # label of a server between "starting" and its first snapshot
+        self._starting: str | None = None  # label of a server between "starting" and "ready"
         self._best: tuple[float, int] | None = None
         self._log_seen: dict[str, str] = {}
         self._point_detail: dict[str, str] = {}
@@ -94,16 +94,22 @@ class Session:
         asyncio.run(self._main())
 
     # -- the runner's listener and observer (called on this session's loop) -----------------------------------
-    # The runner announces a point, then (when its settings differ from the running server's) starts a server;
-    # the first snapshot of the point says the server is up and loaded.
+    # The runner announces a point, then (when its settings differ from the running server's) starts a server and
+    # says when it is ready, then says when load starts: each state is shown when it has happened, not before.
     def point_started(self, index: int, total: int, point: Point) -> None:
         detail = f"point {index}/{total}" + "".join(f" {k.split('.')[-1]}={v}" for k, v in point.settings.items())
         self._point_detail[point.label] = detail
-        self.feed.event(ServerState(point.label, "running", detail))
 
     def server_starting(self, settings: ServerSettings) -> None:
         self._starting = settings.label
         self.feed.event(ServerState(settings.label, "starting", f"{settings.kind} server"))
+
+    def server_ready(self, settings: ServerSettings, startup_s: float) -> None:
+        self._starting = None
+        self.feed.event(ServerState(settings.label, "ready", f"ready in {startup_s:.1f} s"))
+
+    def measuring(self, settings: ServerSettings) -> None:
+        self.feed.event(ServerState(settings.label, "running", self._point_detail.get(settings.label, "")))
 
     def point_finished(self, index: int, total: int, record: PointRecord, skipped: bool) -> None:
         self._points += 1
@@ -149,9 +155,6 @@ class Session:
         self.feed.event(ServerState(label, state, f"trial {number}/{total}"))
 
     def observe(self, snap: Snapshot) -> None:
-        if self._starting == snap.label:
-            self._starting = None
-            self.feed.event(ServerState(snap.label, "running", self._point_detail.get(snap.label, "")))
         self.feed.snapshot(snap.label, snap)
 
     def _violations(self, record: PointRecord) -> list[str]:

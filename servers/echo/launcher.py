@@ -19,6 +19,9 @@ def echo_argv(settings: EchoSettings, port: int) -> list[str]:
         "--output-tokens", str(s.output_tokens), "--model", s.served_model_name,
         *(["--precise"] if s.precise else []),
         *(["--trace", str(Path(s.trace).resolve())] if s.trace else []),
+        *(["--batching", "--step-ms", str(s.step_ms), "--step-per-seq-ms", str(s.step_per_seq_ms),
+           "--max-batch", str(s.max_batch), "--prefill-ms-per-token", str(s.prefill_ms_per_token)]
+          if s.batching else []),
     ]
 
 

@@ -48,6 +48,8 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from hpload import netstamp
+from hpload.servers.echo import batching as echo_batching
+from hpload.servers.echo import chunks as echo_chunks
 
 if TYPE_CHECKING:
     from hpload.loadgen.hist import LatencyHistogram
@@ -80,7 +82,8 @@ API_KEY_ENV = "HPLOAD_ECHO_API_KEY"
 
 class EchoConfig:
     def __init__(
-        self, ttft_ms: float, itl_ms: float, output_tokens: int, model: str = "echo", api_key: str | None = None
+        self, ttft_ms: float, itl_ms: float, output_tokens: int, model: str = "echo", api_key: str | None = None,
+        chunks: str = "plain",
     ) -> None:
         self.ttft_s = ttft_ms / 1000
         self.itl_s = itl_ms / 1000
@@ -90,6 +93,8 @@ class EchoConfig:
         self.output_tokens = output_tokens
         self.model = model
         self.api_key = api_key
+        self.chunks = chunks  # a chunk pattern of hpload.servers.echo.chunks, for golden tests
+        self.batching: echo_batching.BatchingModel | None = None  # batching mode: see echo.batching
 
 
 class EchoStats:
@@ -160,7 +165,9 @@ class EchoStats:
         self.fold_lateness()  # in slices too, but all of them: /metrics must count every write so far
         lines += _histogram("echo:write_lateness_seconds", _LATE_BUCKETS_S, self.late_buckets, self.late_sum_ns / 1e9)
         p50_us, p99_us = self.late_hist.percentiles_us((50, 99))
-        for label, value_s in (("p50", p50_us / 1e6), ("p99", p99_us / 1e6), ("max", self.late_max_ns / 1e9)):
+        max_s = self.late_max_ns / 1e9
+        # A histogram percentile is its bucket's upper edge (4 us wide at 5 ms): never report one above the max.
+        for label, value_s in (("p50", min(p50_us / 1e6, max_s)), ("p99", min(p99_us / 1e6, max_s)), ("max", max_s)):
             lines += [
                 f"# TYPE echo:write_lateness_{label}_seconds gauge",
                 f"echo:write_lateness_{label}_seconds {value_s}",
@@ -190,16 +197,21 @@ class TraceWriter:
     def __init__(self, path: str | Path) -> None:
         self.fh = open(path, "w", encoding="utf-8", buffering=1 << 20)
         self.pending: list[tuple[str | None, int, list[int]]] = []
+        self.sent: dict[int, list[int]] = {}  # id(write_ns) -> stamps just after each send() (chunk patterns only)
 
-    def add(self, request_id: str | None, arrival_ns: int, write_ns: list[int]) -> None:
+    def add(self, request_id: str | None, arrival_ns: int, write_ns: list[int], sent_ns: list[int] | None = None) -> None:
         self.pending.append((request_id, arrival_ns, write_ns))
+        if sent_ns is not None:
+            self.sent[id(write_ns)] = sent_ns
 
     def write_some(self, limit: int) -> bool:
         """Format and write up to ``limit`` lines; True while more wait."""
         batch, self.pending = self.pending[:limit], self.pending[limit:]
         self.fh.write(
             "".join(
-                f'{{"id":{json.dumps(rid)},"arrival_ns":{arrival},"write_ns":[{",".join(map(str, writes))}]}}\n'
+                f'{{"id":{json.dumps(rid)},"arrival_ns":{arrival},"write_ns":[{",".join(map(str, writes))}]'
+                + (f',"sent_ns":[{",".join(map(str, self.sent.pop(id(writes))))}]' if self.sent else "")
+                + "}\n"
                 for rid, arrival, writes in batch
             )
         )
@@ -251,6 +263,7 @@ class _Shared:
         # One context for every timer: call_at would otherwise copy the context for each of ~13k writes a second.
         self.context = contextvars.copy_context()
         self._chunks: dict[bool, tuple[bytes, bytes]] = {}
+        self.batcher = echo_batching.Batcher(config.batching, self.call_at) if config.batching else None
 
     def call_at(self, due_ns: int, callback: Callable[[], None]) -> asyncio.TimerHandle:
         return self.loop.call_at(due_ns / 1e9, callback, context=self.context)
@@ -418,7 +431,10 @@ class EchoConnection:
             self._send(_response(200, b""))
             return
         if path == "/metrics":
-            self._send(_response(200, self.shared.stats.render(), b"text/plain; version=0.0.4"))
+            text = self.shared.stats.render()
+            if self.shared.batcher is not None:
+                text += echo_batching.gauges(self.shared.batcher)
+            self._send(_response(200, text, b"text/plain; version=0.0.4"))
             return
         if cfg.api_key and headers.get("authorization") != f"Bearer {cfg.api_key}":
             self._send(_error(401, "missing or wrong API key"))
@@ -450,7 +466,13 @@ class EchoConnection:
         chat = path.endswith("chat/completions")
         # Bytes that were complete while an earlier response was still timed could not start before it ended.
         arrival_ns = max(self.read_ns, self.free_ns)
-        if body.get("stream"):
+        if body.get("stream") and cfg.chunks != "plain":
+            writes = echo_chunks.plan(cfg.chunks, chat, n, include_usage, bool(body.get("return_token_ids")),
+                                      prompt_tokens, cfg.model)  # fmt: skip
+            self.busy = True
+            echo_chunks.PatternStream(self, writes, arrival_ns, headers.get("x-request-id"), prompt_tokens,
+                                      _STREAM_HEAD, _chunk).start()  # fmt: skip
+        elif body.get("stream"):
             self._stream(chat, n, prompt_tokens, include_usage, arrival_ns, headers.get("x-request-id"))
         else:
             self._whole(chat, n, prompt_tokens, arrival_ns)
@@ -468,6 +490,10 @@ class EchoConnection:
         if include_usage:
             tail += _event(shared.config.model, chat, None, self._usage(prompt_tokens, n))
         tail = _chunk(tail + b"data: [DONE]\n\n") + b"0\r\n\r\n"
+        if shared.batcher is not None:
+            shared.batcher.submit(echo_batching.BatchedStream(
+                self, n, prompt_tokens, arrival_ns, head=_STREAM_HEAD, token=token, tail=tail, request_id=request_id))
+            return
         _Stream(self, n, token, tail, arrival_ns, request_id, prompt_tokens).start()
 
     def _whole(self, chat: bool, n: int, prompt_tokens: int, arrival_ns: int) -> None:
@@ -488,6 +514,9 @@ class EchoConnection:
             "usage": self._usage(prompt_tokens, n),
         }
         payload = _response(200, json.dumps(body).encode())
+        if self.shared.batcher is not None:
+            self.shared.batcher.submit(echo_batching.BatchedStream(self, n, prompt_tokens, arrival_ns, payload=payload))
+            return
         _Whole(self, n, payload, arrival_ns, prompt_tokens).start()
 
     def _done(self) -> None:
@@ -701,12 +730,15 @@ async def serve_echo(
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     trace_path: str | Path | None = None,
+    chunks: str = "plain",
+    batching: echo_batching.BatchingModel | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or forever). ``ready(port)`` is called once listening (port 0 = a free port).
 
     ``trace_path``: write one JSON line per finished stream there (flushed every second and on the way out).
     """
-    config = EchoConfig(ttft_ms, itl_ms, output_tokens, model, api_key)
+    config = EchoConfig(ttft_ms, itl_ms, output_tokens, model, api_key, chunks)
+    config.batching = batching
     stats = EchoStats()
     loop = asyncio.get_running_loop()
     selector = getattr(loop, "_selector", None)
@@ -789,6 +821,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precise", action="store_true", help="microsecond timers (select() on epoll, no timer slack)")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="write one JSON line per finished stream: x-request-id, kernel arrival and every write (ns)")  # fmt: skip
+    p.add_argument("--chunks", default="plain", choices=echo_chunks.PATTERNS,
+                   help="a known chunk pattern for golden tests (hpload/servers/echo/chunks.py)")  # fmt: skip
+    echo_batching.add_arguments(p)
     return p
 
 
@@ -804,6 +839,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             _parser().error(f"--trace {args.trace}: {err.strerror}; fix: name a file in a writable directory")
 
+    try:
+        batching = echo_batching.model_from_args(args)
+    except ValueError as err:
+        _parser().error(str(err))
+
     def announce(port: int) -> None:
         print(f"echo server on http://{args.host}:{port} (ttft {args.ttft_ms} ms, itl {args.itl_ms} ms)", flush=True)
 
@@ -815,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
         await serve_echo(
             args.host, args.port, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, output_tokens=args.output_tokens,
             model=args.model, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, ready=announce, stop=stop,
-            trace_path=args.trace,
+            trace_path=args.trace, chunks=args.chunks, batching=batching,
         )  # fmt: skip
 
     # Everything start-up made (numpy, hdrh, the loadgen package serve_echo pulls in) leaves the collector's view:

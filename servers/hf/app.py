@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from hpload.servers.hf import openai_api as oa
 from hpload.servers.hf.engine import Engine, GenParams, Stream
+from hpload.servers.hf.timing import per_request_metrics
 
 log = logging.getLogger("hpload.hf")
 
@@ -227,11 +228,18 @@ class WrapperApp:
                 yield oa.sse({"error": {"message": f"generation failed: {error}", "type": "server_error", "code": 500}})
                 break
             finish = None if reason is None else ("length" if reason == "length" else "stop")
-            yield encoder.encode(delta, finish, role=first)
+            if first and kind == "chat":
+                # As vLLM: the role in a chunk of its own, so the first token's chunk counts as a token even when
+                # its text is empty (a held-back partial character); clients skip a role-only chunk.
+                yield encoder.encode("", None, role=True) + encoder.encode(delta, finish)
+            else:
+                yield encoder.encode(delta, finish, role=first)
             first = False
         if req.include_usage:
             use = oa.usage(len(stream.prompt_ids), stream.output_tokens)
-            yield oa.sse(oa.usage_chunk(kind, rid, self.model_name, created, use))
+            trailer = oa.usage_chunk(kind, rid, self.model_name, created, use)
+            trailer["metrics"] = per_request_metrics(stream)  # as vLLM's --enable-per-request-metrics
+            yield oa.sse(trailer)
         yield oa.sse("[DONE]")
 
     async def _whole(
@@ -247,7 +255,9 @@ class WrapperApp:
             if reason is not None:
                 finish = "length" if reason == "length" else "stop"
         use = oa.usage(len(stream.prompt_ids), stream.output_tokens)
-        return JSONResponse(oa.full_response(kind, rid, self.model_name, "".join(parts), finish, use))
+        reply = oa.full_response(kind, rid, self.model_name, "".join(parts), finish, use)
+        reply["metrics"] = per_request_metrics(stream)
+        return JSONResponse(reply)
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)

@@ -58,6 +58,7 @@ class Stream:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     queue: asyncio.Queue[StreamEvent] = field(default_factory=asyncio.Queue)
     arrival_ns: int = field(default_factory=time.perf_counter_ns)
+    scheduled_ns: int | None = None  # when a batch took it (pipeline mode): the end of its queue time
     first_token_ns: int | None = None
     last_token_ns: int | None = None
     output_tokens: int = 0
@@ -292,6 +293,9 @@ class PipelineEngine(Engine):
         attention_mask = torch.tensor(masks, dtype=torch.long, device=self.device)
         tracker = _BatchTracker(batch, prompt_len, self.eos_ids, self._post)
         self._batch_running = len(batch)
+        scheduled_ns = time.perf_counter_ns()
+        for s in batch:
+            s.scheduled_ns = scheduled_ns
         self.metrics.batch_sizes.observe(len(batch))
         started = time.perf_counter()
         with torch.inference_mode():
