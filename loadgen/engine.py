@@ -62,8 +62,15 @@ async def run_load(
     snapshot_interval_s: float = 0.5,
     stop: asyncio.Event | None = None,
     requests_path: Path | None = None,
+    share: Share | None = None,
+    start_ns: int | None = None,
+    id_prefix: str | None = None,
 ) -> RunResult:
     """Run one load against one target and return the result (also when ``stop`` ends it early).
+
+    ``share``, ``start_ns`` and ``id_prefix`` make this run one shard of a load split across hosts
+    (:mod:`hpload.scenarios.shards`): its part of the load, from that instant of ``perf_counter_ns``, with request
+    ids every shard derives alike.
 
     ``observer`` receives a :class:`~hpload.loadgen.snapshot.Snapshot` every ``snapshot_interval_s`` and a final one
     with ``phase == "done"``. ``requests_path`` gets one JSON line per request (one file per worker process), with
@@ -77,11 +84,14 @@ async def run_load(
 
         result = await run_workers(
             target, workload, load, slo=slo, observer=observer, snapshot_interval_s=snapshot_interval_s,
-            stop=stop, requests_path=requests_path,
+            stop=stop, requests_path=requests_path, share=share, start_ns=start_ns, id_prefix=id_prefix,
         )  # fmt: skip
     else:
         requests = await asyncio.to_thread(build_requests, workload, target)
-        run = LoadRun(target, workload, load, requests, slo=slo, requests_path=requests_path)
+        run = LoadRun(
+            target, workload, load, requests, slo=slo, requests_path=requests_path, share=share or Share(),
+            start_ns=start_ns, id_prefix=id_prefix,
+        )  # fmt: skip
         result = await run.execute(observer=observer, snapshot_interval_s=snapshot_interval_s, stop=stop)
     after = await prom.scrape(metrics_url, headers) if before is not None else None
     result.server_metrics = prom.server_side(before, after)
@@ -139,6 +149,7 @@ class LoadRun:
         requests_path: Path | None = None,
         share: Share = Share(),
         start_ns: int | None = None,
+        id_prefix: str | None = None,
     ) -> None:
         if not requests:
             raise ValueError("no requests to send")
@@ -153,7 +164,7 @@ class LoadRun:
         self.requests_path = requests_path
         self._out: IO[str] | None = None
         # Only with per-request records: an id is only worth sending when something keeps it.
-        self._id_prefix = f"hpload-{secrets.token_hex(4)}-" if requests_path is not None else ""
+        self._id_prefix = (id_prefix or f"hpload-{secrets.token_hex(4)}-") if requests_path is not None else ""
         self._inflight: dict[RequestRecord, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._issued = 0
@@ -192,6 +203,9 @@ class LoadRun:
         self._t0 = self.start_ns if self.start_ns is not None else now
         if self._t0 > now:
             await asyncio.sleep((self._t0 - now) / 1e9)
+        # A shard that reaches the common start instant late keeps the common timeline (its backlog goes out at
+        # once, and schedule lag shows it); how late is kept so a merge can flag it.
+        start_late_s = max(0, perf_counter_ns() - self._t0) / 1e9 if self.start_ns is not None else None
         self._warm_end_ns = self._t0 + int(load.warmup_s * 1e9)
         measure_s = load.measure_s
         if load.steps:
@@ -243,6 +257,8 @@ class LoadRun:
         sched_p99 = self.recorder.cum["schedule_lag"].percentile_us(99) / 1000
         result = self.recorder.result(run_config(self.target, self.workload, load, self.slo), started_at)
         result.health = self.health.summary(sched_p99 if load.max_concurrency is None else 0.0)
+        if start_late_s is not None:
+            result.health["start_late_s"] = start_late_s
         if self._drained:
             result.warnings.append(
                 f"{self._drained} requests still in flight {load.drain_timeout_s:g} s after the run's end were cut"
