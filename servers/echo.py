@@ -773,6 +773,8 @@ def _tight_timer_slack() -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hpload.servers.echo", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="let --host be an address other than loopback (e.g. a test network namespace's own)")
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--ttft-ms", type=float, default=20.0, help="delay from request to first token")
     p.add_argument("--itl-ms", type=float, default=5.0, help="delay between tokens")
@@ -787,8 +789,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        _parser().error("--host: the echo server binds loopback only; fix: use 127.0.0.1")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        _parser().error("--host: the echo server binds loopback only; fix: use 127.0.0.1 (or add --allow-remote)")
     if args.output_tokens < 1 or args.ttft_ms < 0 or args.itl_ms < 0:
         _parser().error("--output-tokens must be >= 1 and --ttft-ms/--itl-ms >= 0")
     if args.trace is not None:
