@@ -203,6 +203,7 @@ class LoadRun:
         self._t0 = self.start_ns if self.start_ns is not None else now
         if self._t0 > now:
             await asyncio.sleep((self._t0 - now) / 1e9)
+            self.health = HealthMonitor()  # CPU % over the sending, not diluted by the wait for a shared start
         # A shard that reaches the common start instant late keeps the common timeline (its backlog goes out at
         # once, and schedule lag shows it); how late is kept so a merge can flag it.
         start_late_s = max(0, perf_counter_ns() - self._t0) / 1e9 if self.start_ns is not None else None
