@@ -51,6 +51,16 @@ class Share:
     def split(self, n: int) -> int:
         return n // self.count + (1 if self.index < n % self.count else 0)
 
+    def count_in(self, lo: int, hi: int) -> int:
+        """How many of the load's request numbers lo..hi-1 are this process's (those equal to ``index`` modulo
+        ``count``), so that warm-up and measured requests split by number: the shares then add up to exactly the
+        single-process load, request for request."""
+
+        def below(n: int) -> int:
+            return 0 if n <= self.index else (n - self.index + self.count - 1) // self.count
+
+        return below(hi) - below(lo)
+
 
 async def run_load(
     target: Target,
@@ -169,8 +179,9 @@ class LoadRun:
         self._tasks: set[asyncio.Task[None]] = set()
         self._issued = 0
         self._measured = 0  # requests issued outside the warm-up: num_requests counts these
-        self._warmup_n = share.split(load.warmup_requests)
-        self._limit_n = share.split(load.num_requests) if load.num_requests is not None else None
+        warm = load.warmup_requests
+        self._warmup_n = share.count_in(0, warm)
+        self._limit_n = share.count_in(warm, warm + load.num_requests) if load.num_requests is not None else None
         self._clients: list[httpx.AsyncClient] = []
         self._t0 = 0
         self._end_ns = 0

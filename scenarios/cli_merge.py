@@ -40,6 +40,9 @@ class Shard:
             raise HploadError(f"{root}: no readable {SHARD_FILE} (not a finished shard); fix: give directories "
                               "that 'hpload run --shard I/N' completed") from None
         self.store = ResultStore(root)
+        missing = [k for k in ("run_id", "scenario_hash", "index", "count", "point_id") if k not in self.meta]
+        if missing:
+            raise HploadError(f"{root / SHARD_FILE}: lacks {', '.join(missing)}; fix: run that shard again")
         self.index = int(self.meta["index"])
         self.count = int(self.meta["count"])
         self.name = f"{self.index}/{self.count}"
