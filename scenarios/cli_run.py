@@ -65,7 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        "JOB_COMPLETION_INDEX (Kubernetes Indexed Job), N from --shards")
     shard.add_argument("--shards", type=int, metavar="N", help="shard count, with --shard auto")
     shard.add_argument("--start-at", metavar="TIME",
-                       help="when every shard starts: Unix seconds, ISO 8601, or file:PATH (wait for PATH to hold one)")
+                       help="when every shard starts: Unix seconds, ISO 8601, file:PATH or an http(s) URL (a barrier: "
+                       "wait until it holds one)")
     shard.add_argument("--run-id", metavar="ID", help="one name for the shards of one run (default: from the "
                        "scenario's hash and --start-at); request ids are ID-<index>")
 

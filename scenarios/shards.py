@@ -74,8 +74,11 @@ def parse_shard(value: str, shards: int | None, environ: dict[str, str] | None =
 
 
 def parse_start_at(value: str) -> float:
-    """Unix seconds, an ISO 8601 time (no zone = UTC), or ``file:PATH``: wait until PATH exists and holds one of
-    those (a barrier: the launcher writes the start time once every host is up)."""
+    """Unix seconds, an ISO 8601 time (no zone = UTC), ``file:PATH`` (wait until PATH exists and holds one of those:
+    a barrier, the launcher writes the start time once every host is up), or an http(s) URL (wait until it answers
+    200 with one of those)."""
+    if value.startswith(("http://", "https://")):
+        return parse_start_at(_wait_for_url(value))
     if value.startswith("file:"):
         path = Path(value[5:])
         while True:
@@ -100,6 +103,21 @@ def parse_start_at(value: str) -> float:
 
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+def _wait_for_url(url: str) -> str:
+    import urllib.error
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - the user's own barrier URL
+                text = resp.read(200).decode(errors="replace").strip()
+                if resp.status == 200 and text:
+                    return text
+        except (urllib.error.URLError, OSError):
+            pass  # not up yet, or not released yet (404, 425, ...): keep polling
+        time.sleep(BARRIER_POLL_S * 4)
 
 
 def scenario_hash(scenario_dump: dict[str, Any]) -> str:

@@ -46,6 +46,34 @@ def test_parse_start_at(tmp_path: Path) -> None:
     assert time.monotonic() - t0 >= 0.25
 
 
+def test_start_at_from_a_barrier_url() -> None:
+    import http.server
+
+    released = threading.Event()
+    hits: list[int] = []
+
+    class Barrier(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(1)
+            body = b"2026-12-04T20:00:00Z" if released.is_set() else b""
+            self.send_response(200 if body else 425)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Barrier)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        threading.Timer(0.6, released.set).start()
+        assert parse_start_at(f"http://127.0.0.1:{server.server_address[1]}/go") == 1796414400.0
+        assert len(hits) >= 2  # it asked before the release and kept asking
+    finally:
+        server.shutdown()
+
+
 def test_shares_split_request_numbers_exactly() -> None:
     from hpload.loadgen.engine import Share
 
