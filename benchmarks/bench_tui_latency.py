@@ -8,7 +8,7 @@ only be drawn after the key was handled: that is input parsing, the action, layo
 Presses are spaced 150-400 ms apart at random so they do not line up with the 0.5 s snapshots.
 
 Three rows, side by side in one run: no load (the run screen after its run was stopped: the floor), and load at capacity with the engine in a child
-process (the default) and in a thread of the UI process (``--engine thread``, the design it replaced). At
+process (the default) and in a thread of the UI process (``--run-in thread``, the design it replaced). At
 capacity means the echo server answers instantly (0 ms TTFT and ITL) at high concurrency, so the client, not the
 server, is the limit; the run's own client-health line says so. Goal: median and p99 under 100 ms. On a shared
 2-core box the tail is the scheduler's: the UI, the engine and the echo server are three busy processes on two
@@ -127,7 +127,7 @@ def measure(label: str, args: argparse.Namespace, workdir: Path, *, load: bool, 
         SCENARIO.format(ttft_ms=0.0, itl_ms=0.0, concurrency=args.concurrency if load else 1)
     )
     argv = [sys.executable, "-m", "hpload", "tui", str(scenario), "--start", "--results", str(workdir / "results"),
-            "--engine", engine]  # fmt: skip
+            "--run-in", engine]  # fmt: skip
     term = Terminal(argv, args.cols, args.rows)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     try:

@@ -6,8 +6,8 @@ bench-serve-style summary, mergeable, saved atomically) and ``format_table`` (th
 Live progress reaches consumers only as ``hpload.loadgen.snapshot.Snapshot`` values.
 """
 
-from hpload.loadgen.engine import run_load
 from hpload.loadgen.result import RunResult, format_table
+from hpload.loadgen.run import run_load
 from hpload.loadgen.specs import SLO, LoadSpec, LoadStep, Target, WorkloadSpec
 
 __all__ = ["SLO", "LoadSpec", "LoadStep", "RunResult", "Target", "WorkloadSpec", "format_table", "run_load"]

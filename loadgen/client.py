@@ -15,7 +15,7 @@ import json
 from time import perf_counter_ns
 from typing import Any
 
-import httpx2 as httpx
+import httpx2
 
 from hpload.loadgen.sse import SSEDecoder
 from hpload.loadgen.transport import ARRIVAL_EXTENSION
@@ -127,13 +127,13 @@ class RequestRecord:
 
 def classify(err: BaseException) -> str:
     """Map an httpx exception to an error kind."""
-    if isinstance(err, httpx.ConnectTimeout | httpx.PoolTimeout):
+    if isinstance(err, httpx2.ConnectTimeout | httpx2.PoolTimeout):
         return TIMEOUT
-    if isinstance(err, httpx.ConnectError):
+    if isinstance(err, httpx2.ConnectError):
         return CONNECT
-    if isinstance(err, httpx.TimeoutException):
+    if isinstance(err, httpx2.TimeoutException):
         return TIMEOUT
-    if isinstance(err, httpx.ProtocolError | httpx.ReadError | httpx.WriteError | ConnectionError):
+    if isinstance(err, httpx2.ProtocolError | httpx2.ReadError | httpx2.WriteError | ConnectionError):
         return DISCONNECT
     return OTHER
 
@@ -148,7 +148,7 @@ def _error_message(obj: dict[str, Any]) -> str | None:
 
 
 async def send_request(
-    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], rec: RequestRecord, stream: bool
+    client: httpx2.AsyncClient, url: str, body: bytes, headers: dict[str, str], rec: RequestRecord, stream: bool
 ) -> None:
     """Send one request and fill ``rec``. Never raises for request failures: they land in ``rec.error_kind``.
 
@@ -180,13 +180,13 @@ async def send_request(
             task.uncancel()
         what = "first token" if not rec.first_ns else "next chunk"
         rec.fail(TIMEOUT, f"no {what} before the timeout")
-    except (httpx.HTTPError, OSError, ValueError) as err:
+    except (httpx2.HTTPError, OSError, ValueError) as err:
         rec.fail(classify(err), f"{type(err).__name__}: {err}")
     finally:
         rec.done_ns = perf_counter_ns()
 
 
-async def _read_stream(resp: httpx.Response, rec: RequestRecord, stamps: Any) -> None:
+async def _read_stream(resp: httpx2.Response, rec: RequestRecord, stamps: Any) -> None:
     """``stamps``: LeanTransport's body, with the kernel's arrival stamps (None under another transport)."""
     decoder = SSEDecoder()
     done = False

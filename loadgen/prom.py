@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import httpx2 as httpx
+import httpx2
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -78,9 +78,9 @@ def _labels(text: str) -> dict[str, str]:
 async def scrape(url: str, headers: dict[str, str] | None = None, timeout_s: float = 3.0) -> Samples | None:
     """One scrape, or None when the server has no metrics endpoint (that is not an error)."""
     try:
-        async with httpx.AsyncClient(timeout=timeout_s) as client:
+        async with httpx2.AsyncClient(timeout=timeout_s) as client:
             resp = await client.get(url, headers=headers or {})
-    except httpx.HTTPError:
+    except httpx2.HTTPError:
         return None
     if resp.status_code != 200:
         return None

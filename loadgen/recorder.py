@@ -12,9 +12,11 @@ from typing import Any
 
 from hpload.loadgen.client import RequestRecord
 from hpload.loadgen.hist import LatencyHistogram
-from hpload.loadgen.result import ALL_METRICS, LATENCY_METRICS, SUM_COUNTERS, RunResult
+from hpload.loadgen.result import RunResult
+from hpload.loadgen.slo import request_meets
 from hpload.loadgen.snapshot import ClientHealth, Snapshot
 from hpload.loadgen.specs import SLO
+from hpload.loadgen.vocabulary import ALL_METRICS, BOUND_COUNTERS, LATENCY_METRICS, SUM_COUNTERS, merge_counters
 
 _VIEW_METRICS = ("ttft", "itl", "tpot", "e2el")
 _INTERVAL_METRICS = (*LATENCY_METRICS, "schedule_lag")
@@ -98,7 +100,7 @@ class Recorder:
             c["input_usage_tokens"] += rec.usage_in
             if rec.usage_in != rec.expected_in:
                 c["input_usage_mismatch"] += 1
-        if self.slo is not None and self.slo.request_ok(ttft_ns, tpot_ns, e2el_ns):
+        if self.slo is not None and request_meets(self.slo, ttft_ns, tpot_ns, e2el_ns):
             c["good"] += 1
 
     def _add(self, name: str, value_us: int, interval: bool = False) -> None:
@@ -165,8 +167,8 @@ class Recorder:
     def delta(self) -> dict[str, Any]:
         """What changed since the previous delta, small enough to send a few times a second."""
         self.fold()
-        counters = {k: v - self._sent_counters.get(k, 0) for k, v in self.counters.items() if k not in _BOUNDS}
-        bounds = {k: self.counters[k] for k in _BOUNDS if k in self.counters}
+        counters = {k: v - self._sent_counters.get(k, 0) for k, v in self.counters.items() if k not in BOUND_COUNTERS}
+        bounds = {k: self.counters[k] for k in BOUND_COUNTERS if k in self.counters}
         errors = {k: v - self._sent_errors.get(k, 0) for k, v in self.errors.items()}
         self._sent_counters = dict(self.counters)
         self._sent_errors = dict(self.errors)
@@ -189,10 +191,7 @@ class Recorder:
         for k, v in delta["counters"].items():
             self._iv_completed += int(v) if k == "completed" else 0
             self._iv_tokens += int(v) if k == "total_output_tokens" else 0
-            self.counters[k] = self.counters.get(k, 0) + v
-        for k, v in delta["bounds"].items():
-            pick = min if k == "first_send_ns" else max
-            self.counters[k] = pick(self.counters[k], v) if k in self.counters else v
+        merge_counters(self.counters, {**delta["counters"], **delta["bounds"]})
         for k, v in delta["errors"].items():
             self.errors[k] = self.errors.get(k, 0) + int(v)
         for k, msg in delta["error_samples"].items():
@@ -222,4 +221,3 @@ class Recorder:
         )
 
 
-_BOUNDS = ("first_send_ns", "last_done_ns")

@@ -17,31 +17,21 @@ from typing import Any
 
 from hpload.errors import HploadError
 from hpload.loadgen.hist import LatencyHistogram
+from hpload.loadgen.vocabulary import (
+    ALL_METRICS,
+    BOUND_COUNTERS,
+    LATENCY_METRICS,
+    STATS,
+    SUM_COUNTERS,
+    Summary,
+    TokenCheck,
+    as_summary,
+    merge_counters,
+    stat_key,
+)
 
 FORMAT_VERSION = 1
-
-# The four vLLM bench serve metrics, then the open-loop ones measured from the scheduled send time.
-LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
-SCHEDULE_METRICS = ("ttft_from_schedule", "e2el_from_schedule", "schedule_lag")
-ALL_METRICS = LATENCY_METRICS + SCHEDULE_METRICS
-
-# Counters that add across workers; the ``*_ns`` bounds take min/max instead.
-SUM_COUNTERS = (
-    "completed",
-    "failed",
-    "incomplete",
-    "warmup",
-    "total_input_tokens",
-    "total_output_tokens",
-    "good",
-    "usage_reported",
-    "output_chunk_tokens",
-    "output_usage_mismatch",
-    "input_checked",
-    "input_expected_tokens",
-    "input_usage_tokens",
-    "input_usage_mismatch",
-)
+__all__ = ["ALL_METRICS", "LATENCY_METRICS", "SUM_COUNTERS", "FORMAT_VERSION", "RunResult", "merge_health"]
 
 
 @dataclass
@@ -61,7 +51,7 @@ class RunResult:
 
     # ---- derived ----
     @property
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> Summary:
         c = self.counters
         first, last = c.get("first_send_ns"), c.get("last_done_ns")
         duration = (last - first) / 1e9 if first is not None and last is not None and last > first else 0.0
@@ -88,21 +78,21 @@ class RunResult:
             hist = self.histograms.get(name)
             if hist is None or hist.count == 0:
                 if name in LATENCY_METRICS:
-                    for stat in ("mean", "median", "std", "p90", "p99"):
-                        s[f"{stat}_{name}_ms"] = 0.0
+                    for stat in STATS[:-1]:  # an empty metric reads 0, as in vLLM; "max" is only written when measured
+                        s[stat_key(stat, name)] = 0.0
                 continue
             hist.flush()
-            s[f"mean_{name}_ms"] = hist.moments.mean / 1000
-            s[f"median_{name}_ms"] = hist.percentile_us(50) / 1000
-            s[f"std_{name}_ms"] = hist.moments.std / 1000
-            s[f"p90_{name}_ms"] = hist.percentile_us(90) / 1000
-            s[f"p99_{name}_ms"] = hist.percentile_us(99) / 1000
-            s[f"max_{name}_ms"] = hist.moments.high / 1000
+            s[stat_key("mean", name)] = hist.moments.mean / 1000
+            s[stat_key("median", name)] = hist.percentile_us(50) / 1000
+            s[stat_key("std", name)] = hist.moments.std / 1000
+            s[stat_key("p90", name)] = hist.percentile_us(90) / 1000
+            s[stat_key("p99", name)] = hist.percentile_us(99) / 1000
+            s[stat_key("max", name)] = hist.moments.high / 1000
         s["errors"] = dict(self.errors)
-        return s
+        return as_summary(s)
 
     @property
-    def token_check(self) -> dict[str, Any]:
+    def token_check(self) -> TokenCheck:
         """Server usage vs the client's own counts. Output: ``output_chunk_tokens`` is one per token-bearing chunk, or
         the chunks' token ids where the workload asked for ``return_token_ids``. Prompt: the client tokenizer's count of
         each synthetic prompt (completions endpoint). ``*_mismatch`` counts requests whose two counts differ."""
@@ -129,7 +119,7 @@ class RunResult:
             "label": self.label,
             "started_at": self.started_at,
             "workers": self.workers,
-            "summary": _finite(self.summary),
+            "summary": _finite(dict(self.summary)),
             "token_check": self.token_check,
             "errors": dict(self.errors),
             "error_samples": dict(self.error_samples),
@@ -226,12 +216,7 @@ class RunResult:
             gpu=parts[0].gpu,
         )
         for p in parts:
-            for k in SUM_COUNTERS:
-                if k in p.counters:
-                    out.counters[k] = out.counters.get(k, 0) + p.counters[k]
-            for k, pick in (("first_send_ns", min), ("last_done_ns", max)):
-                if k in p.counters:
-                    out.counters[k] = pick(out.counters[k], p.counters[k]) if k in out.counters else p.counters[k]
+            merge_counters(out.counters, {k: v for k, v in p.counters.items() if k in SUM_COUNTERS or k in BOUND_COUNTERS})
             for name, hist in p.histograms.items():
                 out.histograms.setdefault(name, LatencyHistogram()).add(hist)
             for kind, n in p.errors.items():
@@ -281,13 +266,12 @@ def format_table(result: RunResult) -> str:
     if s.get("request_goodput") is not None:
         lines.append(f"goodput {s['request_goodput']:.2f} req/s")
     lines.append(f"{'metric':<20}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}   (ms)")
+    by_key: dict[str, Any] = dict(s)  # per-metric keys are computed (stat_key), which a TypedDict cannot index
     for name in ALL_METRICS:
-        if f"mean_{name}_ms" not in s or (name not in LATENCY_METRICS and not s.get(f"p99_{name}_ms")):
+        if stat_key("mean", name) not in by_key or (name not in LATENCY_METRICS and not by_key.get(stat_key("p99", name))):
             continue
-        lines.append(
-            f"{name:<20}{s[f'mean_{name}_ms']:>10.2f}{s[f'median_{name}_ms']:>10.2f}"
-            f"{s[f'p90_{name}_ms']:>10.2f}{s[f'p99_{name}_ms']:>10.2f}{s.get(f'max_{name}_ms', 0.0):>10.2f}"
-        )
+        cells = "".join(f"{by_key.get(stat_key(stat, name), 0.0):>10.2f}" for stat in ("mean", "median", "p90", "p99", "max"))
+        lines.append(f"{name:<20}{cells}")
     if result.errors:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items())))
     tc = result.token_check

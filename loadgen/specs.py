@@ -191,11 +191,9 @@ class SLO(_Strict):
 
     def request_ok(self, ttft_ns: int, tpot_ns: int | None, e2el_ns: int) -> bool:
         """True when one successful request meets every per-request limit (errors always miss)."""
-        if self.ttft_ms is not None and ttft_ns > self.ttft_ms * 1e6:
-            return False
-        if self.tpot_ms is not None and tpot_ns is not None and tpot_ns > self.tpot_ms * 1e6:
-            return False
-        return not (self.e2el_ms is not None and e2el_ns > self.e2el_ms * 1e6)
+        from hpload.loadgen.slo import request_meets
+
+        return request_meets(self, ttft_ns, tpot_ns, e2el_ns)
 
     @property
     def has_request_limits(self) -> bool:
@@ -203,25 +201,6 @@ class SLO(_Strict):
 
     def violations(self, result: RunResult) -> list[str]:
         """Each broken limit as one line, e.g. ``ttft_p99_ms 812.3 > 500``; empty when the run passes."""
-        s = result.summary
-        out: list[str] = []
-        for name in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "itl_p99_ms", "e2el_p99_ms"):
-            limit = getattr(self, name)
-            metric, pct, _ = name.split("_")
-            key = f"{'median' if pct == 'p50' else pct}_{metric}_ms"
-            value = s.get(key)
-            if limit is not None and value is not None and value > limit:
-                out.append(f"{name} {value:.1f} > {limit:g}")
-        done = int(s.get("completed", 0))
-        failed = int(s.get("failed", 0))
-        if self.max_error_rate is not None and done + failed:
-            rate = failed / (done + failed)
-            if rate > self.max_error_rate:
-                out.append(f"max_error_rate {rate:.3f} > {self.max_error_rate:g}")
-        if self.max_error_rate is None and done == 0:
-            out.append("completed 0: no request succeeded")
-        if self.min_goodput is not None:
-            goodput = float(s.get("request_goodput") or 0.0)
-            if goodput < self.min_goodput:
-                out.append(f"min_goodput {goodput:.2f} < {self.min_goodput:g}")
-        return out
+        from hpload.loadgen.slo import violations
+
+        return violations(self, result.summary)

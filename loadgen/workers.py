@@ -1,6 +1,6 @@
 """``workers > 1``: several client processes share one load and produce one result.
 
-Each worker runs a :class:`~hpload.loadgen.engine.LoadRun` on its :class:`~hpload.loadgen.engine.Share` (every N-th
+Each worker runs a :class:`~hpload.loadgen.loadrun.LoadRun` on its :class:`~hpload.loadgen.loadrun.Share` (every N-th
 open-loop send of the one seeded schedule, or every N-th closed-loop slot) from a common start time
 (``perf_counter_ns`` is CLOCK_MONOTONIC, shared by all processes on the host). Workers send recorder deltas a few
 times a second; the parent folds them into one live view and, at the end, merges the workers' results. If a worker
@@ -17,8 +17,8 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
-from hpload.loadgen.engine import LoadRun, Share, _notify, run_config
 from hpload.loadgen.health import HealthMonitor
+from hpload.loadgen.loadrun import LoadRun, Share, _notify, run_config
 from hpload.loadgen.recorder import Recorder
 from hpload.loadgen.result import RunResult, merge_health
 from hpload.loadgen.snapshot import ClientHealth, Observer
@@ -232,5 +232,5 @@ async def _worker(
         q.put(("delta", index, (recorder.delta(), h, phase)))
 
     # The parent's halt is seen at the next tick (every interval_s): soon enough, and no polling task.
-    result = await run.execute(snapshot_interval_s=interval_s, stop=stop, tick=tick)
+    result = await run.execute(publish=tick, snapshot_interval_s=interval_s, stop=stop)
     q.put(("result", index, result.to_dict()))

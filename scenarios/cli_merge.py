@@ -1,6 +1,7 @@
 """``hpload merge DIR... --results OUT``: one result from the shards of one load (``hpload run --shard I/N``).
 
-Counters and HdrHistograms merge exactly as ``--workers`` results do (:meth:`RunResult.merge`). Each host measured
+Counters and HdrHistograms merge exactly as ``--workers`` results do (:meth:`RunResult.merge`, whose counters follow
+the one rule, :func:`hpload.loadgen.vocabulary.merge_counters`). Each host measured
 on its own monotonic clock, so the two counters that are instants (first send, last reply) are first put on the
 shared timeline: nanoseconds since the common start instant, which every shard recorded on its own clock. The
 merged duration is then as good as the hosts' wall clocks agree at the start (NTP: about a millisecond).
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpload.errors import HploadError
+from hpload.loadgen.vocabulary import BOUND_COUNTERS, ShardEntry, ShardsInfo, as_summary
 
 DEFAULT_LATE_LIMIT_S = 0.1
 
@@ -74,18 +76,18 @@ def check(shards: list[Shard]) -> None:
                           "fix: add its results directory (or rerun that shard with the same --start-at)")
 
 
-def merge_shards(shards: list[Shard], late_limit_s: float) -> tuple[Any, dict[str, Any]]:
+def merge_shards(shards: list[Shard], late_limit_s: float) -> tuple[Any, ShardsInfo]:
     from hpload.loadgen.result import RunResult
 
     shards = sorted(shards, key=lambda s: s.index)
     parts = []
-    per_shard: list[dict[str, Any]] = []
+    per_shard: list[ShardEntry] = []
     flags: list[str] = []
     for s in shards:
         r = s.result
         base = s.meta.get("start_mono_ns")
         if base is not None:
-            for key in ("first_send_ns", "last_done_ns"):
+            for key in BOUND_COUNTERS:  # the instants: first send, last reply
                 if key in r.counters:
                     r.counters[key] = r.counters[key] - int(base)
         parts.append(r)
@@ -109,7 +111,7 @@ def merge_shards(shards: list[Shard], late_limit_s: float) -> tuple[Any, dict[st
     merged.health["shards"] = per_shard
     merged.health["flagged"] = bool(flags)
     first = shards[0].meta
-    info = {
+    info: ShardsInfo = {
         "run_id": first["run_id"],
         "scenario_hash": first["scenario_hash"],
         "count": first["count"],
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         first.record,
         status="ok" if statuses == {"ok"} else "failed",
         error=next((f"shard {s.name}: {s.record.error}" for s in shards if not s.record.ok), None),
-        summary={k: v for k, v in merged.summary.items() if isinstance(v, int | float | str | None)},
+        summary=as_summary({k: v for k, v in merged.summary.items() if isinstance(v, int | float | str | None)}),
         warnings=[*merged.warnings, *merged.health.get("warnings", [])],
         path=None,
     )

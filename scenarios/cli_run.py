@@ -77,10 +77,14 @@ def server_table(spec: str, base: list[dict[str, Any]], model: str | None) -> di
 
     if spec.startswith(("http://", "https://")):
         return {"kind": "external", "label": "external", "url": spec.rstrip("/")}
-    if spec not in ("vllm", "hf", "echo"):
-        raise HploadError(f"--server {spec}: not a server kind or URL; fix: use vllm, hf, echo or http://HOST:PORT")
+    from hpload.servers.kinds import KINDS
+
+    launchable = [name for name, kind in KINDS.items() if kind.cli]
+    if spec not in launchable:
+        raise HploadError(f"--server {spec}: not a server kind or URL; fix: use {', '.join(launchable)} or "
+                          "http://HOST:PORT")
     table = next((dict(t) for t in base if t.get("kind") == spec), {"kind": spec, "label": spec})
-    if model and spec in ("vllm", "hf"):
+    if model and KINDS[spec].local_model:
         table["model"] = model
     return table
 
@@ -88,13 +92,17 @@ def server_table(spec: str, base: list[dict[str, Any]], model: str | None) -> di
 def flag_edits(args: argparse.Namespace) -> Any:
     """The flags as an edit of the scenario's tables, applied before ``--set`` and before validation."""
 
+    from hpload.servers.kinds import KINDS
+
+    local_model_kinds = [name for name, kind in KINDS.items() if kind.local_model]
+
     def edit(data: dict[str, Any]) -> None:
         if args.server:
             base = list(data.get("servers") or [])
             data["servers"] = [server_table(s, base, args.model) for s in args.server]
         elif args.model:
             for table in data.get("servers") or []:
-                if table.get("kind") in ("vllm", "hf"):
+                if table.get("kind") in local_model_kinds:
                     table["model"] = args.model
         for flag, path in _LOAD_FLAGS.items():
             value = getattr(args, flag)

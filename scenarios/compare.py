@@ -7,6 +7,7 @@ results directory (every finished point). Only the summaries are compared, so th
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ ROWS: tuple[tuple[str, str, bool], ...] = (
 @dataclass
 class Column:
     name: str
-    summary: dict[str, Any]
+    summary: Mapping[str, Any]  # a Summary; read by the metric keys in the table below
 
 
 def _name(label: str, settings: dict[str, Any], fallback: str) -> str:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from hpload.errors import HploadError
 from hpload.scenarios.schema import Scenario
+from hpload.servers.kinds import KINDS
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
@@ -104,7 +105,7 @@ def line_of(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int],
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str):
             # A union's tag ("vllm" in servers.0.vllm.x) or a missing key: the line is the enclosing table's.
-            if part in ("vllm", "hf", "echo", "external") and "kind" in node:
+            if part in KINDS and "kind" in node:
                 continue
             break
         else:
@@ -120,7 +121,7 @@ def format_loc(loc: tuple[str | int, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("vllm", "hf", "echo", "external") and out.startswith("servers["):
+        elif part in KINDS and out.startswith("servers["):
             continue
         else:
             out += f".{part}" if out else str(part)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from hpload.errors import HploadError
 from hpload.loadgen.specs import LoadSpec, WorkloadSpec
 from hpload.scenarios.schema import Scenario, SweepSpec
-from hpload.servers.settings import ServerSettings
+from hpload.servers.kinds import ServerSettings
 
 _SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerSettings)
 

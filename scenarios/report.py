@@ -11,6 +11,7 @@ Plots (matplotlib's Agg backend, imported only here):
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
@@ -210,7 +211,7 @@ def points_table(records: list[PointRecord]) -> str:
         if r.repeat:
             settings += f" (repeat {r.repeat})"
 
-        def cell(key: str, digits: int = 1, s: dict[str, Any] = s) -> str:
+        def cell(key: str, digits: int = 1, s: Mapping[str, Any] = s) -> str:
             value = _num(s.get(key))
             return "-" if value is None else f"{value:.{digits}f}"
 

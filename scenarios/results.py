@@ -20,9 +20,10 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hpload.errors import HploadError
+from hpload.loadgen.vocabulary import Summary
 
 POINT_SUFFIX = ".point.json"
 
@@ -60,7 +61,7 @@ class PointRecord:
     status: str  # "ok" | "failed"
     settings: dict[str, Any] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: Summary = field(default_factory=lambda: Summary())
     error: str | None = None
     repeat: int = 0
     source: str = "run"  # "run" (a sweep point) or "tune" (a trial)
@@ -97,7 +98,7 @@ class PointRecord:
             status=str(raw.get("status", "ok")),
             settings=dict(raw.get("settings") or {}),
             server=dict(raw.get("server") or {}),
-            summary=dict(raw.get("summary") or {}),
+            summary=cast(Summary, dict(raw.get("summary") or {})),
             error=raw.get("error"),
             repeat=int(raw.get("repeat", 0)),
             source=str(raw.get("source", "run")),

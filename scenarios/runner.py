@@ -11,15 +11,16 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hpload.errors import HploadError, ServerError, one_line
 from hpload.loadgen.snapshot import Observer
 from hpload.loadgen.specs import SLO, LoadSpec, Target, WorkloadSpec
+from hpload.loadgen.vocabulary import Summary, as_summary
 from hpload.scenarios.points import Point, expand, settings_key
 from hpload.scenarios.results import PointRecord, ResultStore
 from hpload.scenarios.schema import Scenario, Threshold
-from hpload.servers.settings import ServerSettings
+from hpload.servers.kinds import KINDS, ServerSettings
 
 if TYPE_CHECKING:
     from hpload.loadgen.result import RunResult
@@ -60,7 +61,7 @@ def default_results_dir(scenario: Scenario) -> Path:
 
 def tokenizer_path(settings: ServerSettings) -> str | None:
     """The model directory the client measures synthetic prompts with (managed local models only)."""
-    if settings.kind not in ("vllm", "hf"):
+    if not KINDS[settings.kind].local_model:
         return None
     model = getattr(settings, "model", None)
     if model:
@@ -87,7 +88,7 @@ class ServerKeeper:
         from hpload.servers import make_server
 
         self._listener.server_starting(settings)
-        if settings.kind in ("vllm", "hf") and getattr(settings, "model", None) is None:
+        if KINDS[settings.kind].local_model and getattr(settings, "model", None) is None:
             from hpload.model import ensure_tiny_model
 
             await asyncio.to_thread(ensure_tiny_model)
@@ -174,10 +175,11 @@ def check_thresholds(thresholds: list[Threshold], record: PointRecord) -> list[s
 
 
 def make_record(point: Point, result: RunResult | None, error: str | None, source: str = "run") -> PointRecord:
-    summary: dict[str, Any] = {}
+    summary = Summary()
     warnings: list[str] = []
     if result is not None:
-        summary = {k: v for k, v in result.summary.items() if isinstance(v, int | float | str | None)}
+        # A point's record keeps the scalar keys (the errors mapping stays in the result file).
+        summary = as_summary({k: v for k, v in result.summary.items() if isinstance(v, int | float | str | None)})
         warnings = [*result.warnings, *(result.health or {}).get("warnings", [])]
     return PointRecord(
         point_id=point.point_id,

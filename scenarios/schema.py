@@ -13,16 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpload.loadgen.slo import Limit
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
 from hpload.scenarios.space import ParamSpec
-from hpload.servers.settings import EchoSettings, ExternalSettings, HFSettings, ServerSettings, VllmSettings
+from hpload.servers.kinds import KINDS, ServerSettings
 
-SERVER_MODELS: dict[str, type[BaseModel]] = {
-    "vllm": VllmSettings,
-    "hf": HFSettings,
-    "echo": EchoSettings,
-    "external": ExternalSettings,
-}
+SERVER_MODELS: dict[str, type[BaseModel]] = {name: kind.settings for name, kind in KINDS.items()}
 _THRESHOLD = re.compile(r"^\s*(<=|>=|<|>|==)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
 
 
@@ -38,13 +34,7 @@ class Threshold(_Strict):
     limit: float
 
     def check(self, value: float) -> bool:
-        return {
-            "<": value < self.limit,
-            "<=": value <= self.limit,
-            ">": value > self.limit,
-            ">=": value >= self.limit,
-            "==": value == self.limit,
-        }[self.op]
+        return Limit(self.metric, self.op, self.limit).holds(value)
 
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.limit:g}"

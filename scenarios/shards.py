@@ -1,7 +1,7 @@
 """One fixed load split across hosts: ``hpload run ... --shard I/N --start-at T``.
 
 No coordinator: every host computes the whole load from the scenario's seeds and sends only its share of it (the
-same :class:`~hpload.loadgen.engine.Share` that ``--workers`` uses on one host), starting at one agreed wall-clock
+same :class:`~hpload.loadgen.loadrun.Share` that ``--workers`` uses on one host), starting at one agreed wall-clock
 instant that each host maps once onto its own monotonic clock. Open loops: shard I sends arrivals I, I+N, I+2N, ...
 of the one schedule; closed loops: shard I runs slots I, I+N, ... and numbers its requests I, I+N, ...; so the union
 of the shards is exactly the single-host load, and request ids (``<run id>-<index>``) are unique and the same
@@ -26,6 +26,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from hpload.errors import HploadError, ServerError, one_line
+from hpload.loadgen.vocabulary import ShardMeta
 from hpload.scenarios.results import write_json_atomic
 
 SHARD_FILE = "shard.json"
@@ -169,7 +170,7 @@ async def run_shard(scenario: Any, plan: ShardPlan, results_dir: Path, progress:
     directory without it is not a finished shard)."""
     from hpload.gpu import GpuSampler
     from hpload.loadgen import run_load
-    from hpload.loadgen.engine import Share
+    from hpload.loadgen.loadrun import Share
     from hpload.scenarios.points import expand
     from hpload.scenarios.results import ResultStore
     from hpload.scenarios.runner import ServerKeeper, make_record, target_for
@@ -215,7 +216,7 @@ async def run_shard(scenario: Any, plan: ShardPlan, results_dir: Path, progress:
     if progress is not None:
         progress.point_finished(1, 1, record, False)
     late = result.health.get("start_late_s")
-    write_json_atomic(store.root / SHARD_FILE, {
+    meta: ShardMeta = {
         "run_id": plan.run_id,
         "scenario_hash": plan.scenario_hash,
         "index": plan.index,
@@ -226,5 +227,6 @@ async def run_shard(scenario: Any, plan: ShardPlan, results_dir: Path, progress:
         "start_late_s": late,
         "point_id": point.point_id,
         "status": record.status,
-    })  # fmt: skip
+    }
+    write_json_atomic(store.root / SHARD_FILE, meta)
     return record

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hpload.loadgen.slo import slo_constraints
 from hpload.loadgen.snapshot import Observer
 from hpload.loadgen.specs import SLO
 from hpload.scenarios.points import Point, apply_settings
@@ -28,38 +29,9 @@ from hpload.scenarios.schema import Scenario, TuneSpec
 from hpload.scenarios.space import ParamSpec, Scalar
 from hpload.scenarios.tune_heartbeat import beating, fail_stale, settle
 from hpload.scenarios.tuning import REPEATS_BEFORE_EXPLORING, Outcome, Proposal, Tuner
-from hpload.servers.settings import ServerSettings
+from hpload.servers.kinds import ServerSettings
 
 SHARED_WAIT_S = 900.0
-
-# SLO percentile limit -> the summary key it bounds.
-_LIMITS = {
-    "ttft_p50_ms": "median_ttft_ms",
-    "ttft_p99_ms": "p99_ttft_ms",
-    "tpot_p50_ms": "median_tpot_ms",
-    "tpot_p99_ms": "p99_tpot_ms",
-    "itl_p99_ms": "p99_itl_ms",
-    "e2el_p99_ms": "p99_e2el_ms",
-}
-
-
-def slo_constraints(slo: SLO, summary: dict[str, Any]) -> dict[str, float]:
-    """Each run-level SLO limit as a relative excess: (value - limit) / limit; <= 0 meets it."""
-    out: dict[str, float] = {}
-    for name, key in _LIMITS.items():
-        limit = getattr(slo, name)
-        value = summary.get(key)
-        if limit is not None and isinstance(value, int | float):
-            out[name] = (float(value) - limit) / limit
-    done, failed = int(summary.get("completed", 0) or 0), int(summary.get("failed", 0) or 0)
-    if slo.max_error_rate is not None:
-        rate = failed / (done + failed) if done + failed else 1.0
-        out["max_error_rate"] = rate - slo.max_error_rate
-    if slo.min_goodput is not None:
-        goodput = float(summary.get("request_goodput") or 0.0)
-        out["min_goodput"] = (slo.min_goodput - goodput) / max(slo.min_goodput, 1e-9)
-    return out
-
 
 def outcome_of(record: PointRecord, objective: str, slo: SLO) -> Outcome:
     if not record.ok:

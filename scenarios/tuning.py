@@ -114,12 +114,13 @@ def _open_study(storage: str | None, sampler: Any, study_name: str, heartbeat_s:
     import optuna
     import sqlalchemy.exc
 
+    from hpload.scenarios.tune_heartbeat import heartbeat_storage
+
     for attempt in range(6):
         try:
-            from hpload.scenarios.tune_heartbeat import heartbeat_storage
-
             return optuna.create_study(
-                storage=heartbeat_storage(storage, heartbeat_s) if heartbeat_s else storage, sampler=sampler, study_name=study_name, direction="maximize", load_if_exists=True
+                storage=heartbeat_storage(storage, heartbeat_s) if heartbeat_s else storage, sampler=sampler,
+                study_name=study_name, direction="maximize", load_if_exists=True,
             )
         except sqlalchemy.exc.SQLAlchemyError:
             if attempt == 5:

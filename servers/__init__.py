@@ -1,39 +1,19 @@
 """hpload.servers: every server hpload drives, behind one interface.
 
 ``make_server(settings)`` returns a :class:`Server`; ``async with make_server(s) as srv:`` starts it, waits until a
-real completion succeeds, and stops its whole process group on exit. Kinds: ``vllm`` (vLLM's OpenAI server), ``hf``
-(hpload's transformers wrapper), ``echo`` (the calibration server) and ``external`` (attach to a URL).
+real completion succeeds, and stops its whole process group on exit. The kinds (``vllm``, ``hf``, ``echo``,
+``external``) are one table, :data:`hpload.servers.kinds.KINDS`: a new kind is one module and one entry there.
+Servers hpload builds live in packages (``echo/``, ``hf/``); the ones it only launches or attaches to are modules.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hpload.servers.base import Server
-from hpload.servers.settings import EchoSettings, ExternalSettings, HFSettings, ServerSettings, VllmSettings
-
-
-def make_server(settings: VllmSettings | HFSettings | EchoSettings | ExternalSettings, *,
-                workdir: Path | None = None) -> Server:
-    """The server for these settings, not started yet. ``workdir`` holds its log file (default: a temp dir)."""
-    if isinstance(settings, VllmSettings):
-        from hpload.servers.vllm import VllmServer
-
-        return VllmServer(settings, workdir=workdir)
-    if isinstance(settings, HFSettings):
-        from hpload.servers.hf import HFServer
-
-        return HFServer(settings, workdir=workdir)
-    if isinstance(settings, EchoSettings):
-        from hpload.servers.echo_launcher import EchoServer
-
-        return EchoServer(settings, workdir=workdir)
-    from hpload.servers.external import ExternalServer
-
-    return ExternalServer(settings)
-
+from hpload.servers.kinds import KINDS, ServerSettings, make_server
+from hpload.servers.settings import EchoSettings, ExternalSettings, HFSettings, VllmSettings
 
 __all__ = [
+    "KINDS",
     "EchoSettings",
     "ExternalSettings",
     "HFSettings",

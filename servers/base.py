@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 
@@ -26,6 +26,7 @@ from hpload import procs
 from hpload.errors import ServerError, one_line
 
 log = logging.getLogger("hpload.servers")
+S = TypeVar("S")  # a kind's settings model
 
 # Lines that usually name why a Python server died; the last one wins.
 _CAUSE_RE = re.compile(r"\b(\w+(Error|Exception|Exit)|Traceback|error:|Killed|CUDA out of memory)", re.IGNORECASE)
@@ -136,19 +137,33 @@ async def probe_completion(client: httpx.AsyncClient, base_url: str, model: str,
     return None
 
 
-class ProcessServer(Server):
-    """A server hpload spawns: a free loopback port, a process group, a log file, and readiness by completion."""
+class ProcessServer(Server, Generic[S]):
+    """A server hpload spawns: a free loopback port, a process group, a log file, and readiness by completion.
+
+    ``settings`` is the kind's settings model; the fields every spawned kind has (label, host, port, api_key,
+    startup_timeout_s, served_model_name) are read here, so a subclass writes ``argv``/``env`` and, when it loads a
+    local model, overrides ``local_model_dir``."""
 
     host: str = "127.0.0.1"
 
-    def __init__(self, *, label: str, port: int | None, workdir: Path | None, startup_timeout_s: float) -> None:
+    def __init__(self, settings: S, *, workdir: Path | None = None) -> None:
         super().__init__()
-        self.label = label
-        self._port = port
+        s: Any = settings
+        self.settings = settings
+        self.label = s.label
+        self.host = s.host
+        self._port = s.port
         self._workdir = workdir
-        self.startup_timeout_s = startup_timeout_s
+        self.startup_timeout_s = s.startup_timeout_s
+        self.api_key = s.api_key.get_secret_value() if s.api_key else None
         self._child: procs.Child | None = None
         self._stopping = False
+        self.model_dir = self.local_model_dir(getattr(s, "model", None))
+        self.model = s.served_model_name or self.model_dir
+
+    def local_model_dir(self, model: str | None) -> str:
+        """The model directory this kind loads, from its ``model`` setting; "" for a kind with no local model."""
+        return ""
 
     @abc.abstractmethod
     def argv(self, port: int) -> list[str]:

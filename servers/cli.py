@@ -1,4 +1,5 @@
-"""``hpload serve {hf,echo,vllm}``: start one server in the foreground until Ctrl-C or SIGTERM.
+"""``hpload serve KIND`` (the kinds with ``cli`` in hpload.servers.kinds): one server in the foreground until Ctrl-C
+or SIGTERM. The flags come from the kind's settings model, so a new setting needs no edit here.
 
 ``hf`` serves in this process; ``echo`` and ``vllm`` run as a supervised child process group, so stopping hpload
 stops them too.
@@ -10,47 +11,71 @@ import argparse
 import asyncio
 import os
 import sys
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hpload.errors import HploadError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    kinds = parser.add_subparsers(dest="kind", required=True, metavar="{hf,echo,vllm}")
+    from hpload.servers.kinds import KINDS
 
-    hf = kinds.add_parser("hf", help="hpload's OpenAI-compatible server around a transformers model")
-    hf.add_argument("--model", default=None, help="local model directory (default: the embedded tiny model)")
-    hf.add_argument("--mode", choices=["pipeline", "continuous"], default="pipeline",
-                    help="pipeline: static batches through generate(); continuous: transformers' continuous batching")
-    hf.add_argument("--batch-size", type=int, default=8, help="most requests per batch (default 8)")
-    hf.add_argument("--max-batch-wait-ms", type=float, default=5.0,
-                    help="pipeline: a batch closes when full or after this long with no new request (default 5)")
-    hf.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    hf.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
-    hf.add_argument("--device-map", default=None, help="e.g. auto, to spread a model over several GPUs")
-    hf.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask")
-    hf.add_argument("--torch-threads", type=int, default=None,
-                    help="CPU threads for torch (default: torch's choice; 1 avoids spin-wait stalls on a busy CPU)")
-    hf.add_argument("--load-format", choices=["auto", "dummy"], default="auto", help="dummy = random weights")
-    _common(hf, default_label="hf")
+    names = [name for name, kind in KINDS.items() if kind.cli]
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="{" + ",".join(names) + "}")
+    for name in names:
+        kind = KINDS[name]
+        sub = kinds.add_parser(name, help=kind.summary)
+        add_settings_flags(sub, kind.settings)
+        if "extra_args" in kind.settings.model_fields:
+            sub.add_argument("extra_args", nargs=argparse.REMAINDER, help=f"-- then any other {name} flags")
+        _common(sub, default_label=name)
 
-    echo = kinds.add_parser("echo", help="the calibration server: set TTFT, inter-token delay and output length")
-    echo.add_argument("--ttft-ms", type=float, default=20.0)
-    echo.add_argument("--itl-ms", type=float, default=5.0)
-    echo.add_argument("--output-tokens", type=int, default=64, help="tokens per reply when a request sets none")
-    echo.add_argument("--trace", metavar="FILE", help="one JSON line per finished stream: id, arrival, every write")
-    _common(echo, default_label="echo")
 
-    vllm = kinds.add_parser("vllm", help="vLLM's OpenAI server, supervised (flags after -- go to vLLM as given)")
-    vllm.add_argument("--model", default=None, help="local model directory (default: the embedded tiny model)")
-    vllm.add_argument("--dtype", default="auto")
-    vllm.add_argument("--max-model-len", type=int, default=None)
-    vllm.add_argument("--max-num-seqs", type=int, default=None)
-    vllm.add_argument("--max-num-batched-tokens", type=int, default=None)
-    vllm.add_argument("extra_args", nargs=argparse.REMAINDER, help="-- then any other vLLM flags")
-    _common(vllm, default_label="vllm")
+# Fields that are not flags: the tag, the ones _common spells out, and the ones with no command-line form.
+_NOT_FLAGS = {"kind", "label", "host", "port", "served_model_name", "api_key", "env", "extra_args", "startup_timeout_s"}
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per field of a settings model (``batch_size`` -> ``--batch-size``), typed and described by the model.
+
+    Every default is None, so a flag left out keeps the model's own default: a setting and its default are written
+    once, on the model."""
+    for field, info in model.model_fields.items():
+        if field in _NOT_FLAGS:
+            continue
+        flag = "--" + field.replace("_", "-")
+        default = info.get_default(call_default_factory=True)
+        help_text = info.description or field.replace("_", " ")
+        if default is not None:
+            help_text += f" (default {default})"
+        annotation = info.annotation
+        if get_origin(annotation) in (Union, UnionType):  # X | None: the flag takes an X
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        base: Any = annotation
+        if get_origin(base) is Literal:
+            parser.add_argument(flag, choices=list(get_args(base)), default=None, help=help_text)
+        elif base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif base in (int, float, str):
+            parser.add_argument(flag, type=base, default=None, help=help_text)
+
+
+def settings_flags(settings: BaseModel) -> list[str]:
+    """The inverse of :func:`add_settings_flags`: the flags that rebuild these settings' values (unset ones left out,
+    so the child applies the same model defaults)."""
+    argv: list[str] = []
+    for field in type(settings).model_fields:
+        value = getattr(settings, field)
+        if field in _NOT_FLAGS or value is None:
+            continue
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def _common(parser: argparse.ArgumentParser, *, default_label: str) -> None:
@@ -63,12 +88,12 @@ def _common(parser: argparse.ArgumentParser, *, default_label: str) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    from hpload.servers.settings import EchoSettings, HFSettings, VllmSettings
+    from hpload.servers.kinds import KINDS
 
     values = {k: v for k, v in vars(args).items() if k not in ("kind", "command") and v is not None}
     if "api_key" not in values and os.environ.get("HPLOAD_API_KEY"):
         values["api_key"] = os.environ["HPLOAD_API_KEY"]
-    cls: type[Any] = {"hf": HFSettings, "echo": EchoSettings, "vllm": VllmSettings}[args.kind]
+    cls = KINDS[args.kind].settings
     if args.kind == "vllm":
         values["extra_args"] = [a for a in values.get("extra_args", []) if a != "--"]
     if args.kind == "hf" and "port" not in values:
@@ -91,7 +116,7 @@ def settings_error(err: ValidationError, *, prefix: str = "") -> str:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.kind == "hf":
-        from hpload.servers.hf import run_hf
+        from hpload.servers.hf.launcher import run_hf
 
         return run_hf(settings)
     return asyncio.run(_supervise(settings))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 
@@ -13,7 +14,7 @@ from hpload.servers.settings import ExternalSettings
 
 
 class ExternalServer(Server):
-    def __init__(self, settings: ExternalSettings) -> None:
+    def __init__(self, settings: ExternalSettings, *, workdir: Path | None = None) -> None:  # no log: not ours
         super().__init__()
         self.settings = settings
         self.label = settings.label

@@ -6,7 +6,7 @@ before any process starts, naming the field.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -20,7 +20,7 @@ class VllmSettings(_Strict):
 
     kind: Literal["vllm"] = "vllm"
     label: str = "vllm"
-    model: str | None = None  # a local directory; None = the embedded tiny model
+    model: str | None = Field(default=None, description="local model directory (default: the embedded tiny model)")
     served_model_name: str | None = None
     dtype: str = "auto"
     max_model_len: int | None = Field(default=None, gt=0)
@@ -48,17 +48,23 @@ class HFSettings(_Strict):
 
     kind: Literal["hf"] = "hf"
     label: str = "hf"
-    model: str | None = None  # None = the embedded tiny model
+    model: str | None = Field(default=None, description="local model directory (default: the embedded tiny model)")
     served_model_name: str | None = None
-    mode: Literal["pipeline", "continuous"] = "pipeline"
-    batch_size: int = Field(default=8, ge=1)
-    max_batch_wait_ms: float = Field(default=5.0, ge=0)  # pipeline: close a batch after this long with no arrival
-    dtype: str = "auto"
-    device: str | None = None  # "cpu", "cuda", "cuda:1"; None = cuda when present, else cpu
-    device_map: str | None = None  # e.g. "auto" to spread a model over several GPUs
-    max_new_tokens_limit: int = Field(default=4096, ge=1)
-    load_format: Literal["auto", "dummy"] = "auto"  # dummy = random weights from config.json (from_config)
-    torch_threads: int | None = Field(default=None, ge=1)  # CPU threads for torch; None = torch's default
+    mode: Literal["pipeline", "continuous"] = Field(
+        default="pipeline",
+        description="pipeline: static batches through generate(); continuous: transformers' continuous batching")
+    batch_size: int = Field(default=8, ge=1, description="most requests per batch")
+    max_batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="pipeline: a batch closes when full or after this long with no new request")
+    dtype: str = Field(default="auto", description="auto, float32, bfloat16, float16")
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:1 (default: cuda when present, else cpu)")
+    device_map: str | None = Field(default=None, description="e.g. auto, to spread a model over several GPUs")
+    max_new_tokens_limit: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask")
+    load_format: Literal["auto", "dummy"] = Field(
+        default="auto", description="dummy = random weights from config.json (from_config)")
+    torch_threads: int | None = Field(
+        default=None, ge=1,
+        description="CPU threads for torch (default: torch's choice; 1 avoids spin-wait stalls on a busy CPU)")
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=0, le=65535)
     api_key: SecretStr | None = None
@@ -70,16 +76,21 @@ class EchoSettings(_Strict):
 
     kind: Literal["echo"] = "echo"
     label: str = "echo"
-    ttft_ms: float = Field(default=20.0, ge=0)
-    itl_ms: float = Field(default=5.0, ge=0)
-    output_tokens: int = Field(default=64, ge=1)  # used when a request sets no max_tokens
-    precise: bool = True
+    ttft_ms: float = Field(default=20.0, ge=0, description="delay from request to first token")
+    itl_ms: float = Field(default=5.0, ge=0, description="delay between tokens")
+    output_tokens: int = Field(default=64, ge=1, description="tokens per reply when a request sets no max_tokens")
+    precise: bool = Field(default=True, description="microsecond timers (select() on epoll, no timer slack)")
     """Microsecond timers (writes ~40 us late at the median); false = asyncio's default loop, whose waits round up
     to whole milliseconds (~0.5 ms late)."""
-    trace: str | None = None
+    trace: str | None = Field(
+        default=None, description="a file for one JSON line per finished stream: id, arrival, every write")
     """A file to get one JSON line per finished stream: its X-Request-Id, kernel arrival and every write time."""
     served_model_name: str = "echo"
     host: str = "127.0.0.1"
+    allow_remote: bool = Field(
+        default=False, description="let host be an address other than loopback (e.g. a test network namespace's own)")
+    """The echo server refuses a non-loopback bind without it: the one exception to hpload's loopback-only rule,
+    for tests that reach it from other network namespaces (tests/test_shards_netns.py)."""
     port: int | None = Field(default=None, ge=0, le=65535)
     api_key: SecretStr | None = None
     startup_timeout_s: float = Field(default=30.0, gt=0)
@@ -96,5 +107,3 @@ class ExternalSettings(_Strict):
     metrics_url: str | None = None  # default: URL/metrics when it answers
     startup_timeout_s: float = Field(default=30.0, gt=0)
 
-
-ServerSettings = Annotated[VllmSettings | HFSettings | EchoSettings | ExternalSettings, Field(discriminator="kind")]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
-from pathlib import Path
 
 from hpload.servers.base import ProcessServer
 from hpload.servers.settings import VllmSettings
@@ -45,20 +44,13 @@ def resolve_model_dir(model: str | None) -> str:
     return str(ensure_tiny_model())
 
 
-class VllmServer(ProcessServer):
-    def __init__(self, settings: VllmSettings, *, workdir: Path | None = None) -> None:
-        super().__init__(
-            label=settings.label, port=settings.port, workdir=workdir, startup_timeout_s=settings.startup_timeout_s
-        )
-        self.settings = settings
-        self.host = settings.host
-        self.model_path = resolve_model_dir(settings.model)
-        self.model = settings.served_model_name or self.model_path
-        self.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+class VllmServer(ProcessServer[VllmSettings]):
+    def local_model_dir(self, model: str | None) -> str:
+        return resolve_model_dir(model)
 
     def argv(self, port: int) -> list[str]:
         s = self.settings
-        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path]
+        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir]
         argv += ["--host", s.host, "--port", str(port)]
         if s.served_model_name:
             argv += ["--served-model-name", s.served_model_name]

@@ -337,7 +337,7 @@ def test_bad_trace_path_is_one_line(tmp_path: Path) -> None:
 
 
 def test_launched_echo_is_precise_and_traces_by_default_settings(tmp_path: Path) -> None:
-    from hpload.servers.echo_launcher import EchoServer
+    from hpload.servers.echo.launcher import EchoServer
     from hpload.servers.settings import EchoSettings
 
     trace = tmp_path / "launched.jsonl"

@@ -44,7 +44,7 @@ def test_engine_package_imports_no_textual(package: str) -> None:
 def test_tui_command_module_and_helpers_import_no_textual() -> None:
     # `hpload tui --help` builds its parser from hpload.tui.cli: it must stay instant.
     code = (
-        "import sys, hpload.tui.cli, hpload.tui.engine, hpload.tui.logaxis, hpload.tui.plans;"
+        "import sys, hpload.tui.cli, hpload.tui.child, hpload.tui.logaxis, hpload.tui.plans;"
         "print(sorted(m for m in sys.modules if m.startswith('textual')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)

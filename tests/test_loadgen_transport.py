@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter_ns
 
-import httpx2 as httpx
+import httpx2
 import pytest
 
 from hpload import netstamp
@@ -66,8 +66,8 @@ async def _close_servers() -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=LeanTransport(keepalive_expiry_s=0.3)) as c:
+async def client() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(transport=LeanTransport(keepalive_expiry_s=0.3)) as c:
         yield c
 
 
@@ -86,7 +86,7 @@ def chunked(*parts: bytes) -> bytes:
     ],
     ids=["chunked", "length", "interim-100", "no-content"],
 )
-async def test_body_framings(client: httpx.AsyncClient, raw: bytes, body: bytes) -> None:
+async def test_body_framings(client: httpx2.AsyncClient, raw: bytes, body: bytes) -> None:
     server = RawServer(lambda n: raw)
     url = await server.start()
     for _ in range(2):
@@ -102,7 +102,7 @@ async def test_body_framings(client: httpx.AsyncClient, raw: bytes, body: bytes)
         b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world",
     ],
 )
-async def test_a_reply_split_anywhere_parses_the_same(client: httpx.AsyncClient, raw: bytes) -> None:
+async def test_a_reply_split_anywhere_parses_the_same(client: httpx2.AsyncClient, raw: bytes) -> None:
     """Request n gets its reply in two reads split at byte n, so every split point of head, chunk-size line, chunk
     data, CRLF and trailer is crossed by some read (the second write waits until the first was surely read)."""
 
@@ -123,7 +123,7 @@ async def test_a_reply_split_anywhere_parses_the_same(client: httpx.AsyncClient,
         assert (await client.get(url)).content == want, f"split at byte {split}"
 
 
-async def test_read_until_close_body(client: httpx.AsyncClient) -> None:
+async def test_read_until_close_body(client: httpx2.AsyncClient) -> None:
     server = RawServer(lambda n: b"HTTP/1.1 200 OK\r\n\r\nstream until close", close_after=True)
     url = await server.start()
     assert (await client.get(url)).content == b"stream until close"
@@ -131,7 +131,7 @@ async def test_read_until_close_body(client: httpx.AsyncClient) -> None:
     assert server.connections == 2  # no framing: the connection could not be reused
 
 
-async def test_idle_connections_expire(client: httpx.AsyncClient) -> None:
+async def test_idle_connections_expire(client: httpx2.AsyncClient) -> None:
     server = RawServer(lambda n: b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
     url = await server.start()
     await client.get(url)
@@ -141,7 +141,7 @@ async def test_idle_connections_expire(client: httpx.AsyncClient) -> None:
     assert server.connections == 2
 
 
-async def test_server_closing_a_kept_alive_connection_is_retried_once(client: httpx.AsyncClient) -> None:
+async def test_server_closing_a_kept_alive_connection_is_retried_once(client: httpx2.AsyncClient) -> None:
     # No "connection: close" header, yet the server closes after each reply (as a server at its idle limit would).
     server = RawServer(lambda n: b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", close_after=True)
     url = await server.start()
@@ -150,12 +150,12 @@ async def test_server_closing_a_kept_alive_connection_is_retried_once(client: ht
     assert server.connections == 5
 
 
-async def test_malformed_and_truncated_responses_raise_httpx_errors(client: httpx.AsyncClient) -> None:
+async def test_malformed_and_truncated_responses_raise_httpx_errors(client: httpx2.AsyncClient) -> None:
     bad = RawServer(lambda n: b"SPDY/9 what\r\n\r\n", close_after=True)
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(httpx2.RemoteProtocolError):
         await client.get(await bad.start())
     short = RawServer(lambda n: b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", close_after=True)
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(httpx2.RemoteProtocolError):
         await client.get(await short.start())
 
 
@@ -165,12 +165,12 @@ async def test_connect_errors_are_httpx_errors() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    async with httpx.AsyncClient(transport=LeanTransport()) as c:
-        with pytest.raises(httpx.ConnectError):
+    async with httpx2.AsyncClient(transport=LeanTransport()) as c:
+        with pytest.raises(httpx2.ConnectError):
             await c.get(f"http://127.0.0.1:{port}/")
 
 
-async def test_pieces_carry_their_arrival_time(client: httpx.AsyncClient) -> None:
+async def test_pieces_carry_their_arrival_time(client: httpx2.AsyncClient) -> None:
     gate = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -198,7 +198,7 @@ async def test_pieces_carry_their_arrival_time(client: httpx.AsyncClient) -> Non
     assert stamps[0][1] < t_release <= stamps[1][1]
 
 
-async def test_unread_body_closes_the_connection(client: httpx.AsyncClient) -> None:
+async def test_unread_body_closes_the_connection(client: httpx2.AsyncClient) -> None:
     server = RawServer(lambda n: chunked(b"a" * 10, b"b" * 10))
     url = await server.start()
     async with client.stream("GET", url) as resp:
@@ -229,7 +229,7 @@ def _threaded_server(script: Callable[[socket.socket], None]) -> tuple[str, thre
 
 
 @pytest.mark.skipif(not _kernel_stamps(), reason="no kernel receive timestamps on this system")
-async def test_arrival_is_when_bytes_came_not_when_a_busy_loop_read_them(client: httpx.AsyncClient) -> None:
+async def test_arrival_is_when_bytes_came_not_when_a_busy_loop_read_them(client: httpx2.AsyncClient) -> None:
     sent: dict[str, int] = {}
 
     def script(conn: socket.socket) -> None:

@@ -115,7 +115,7 @@ async def test_echo_with_a_key_rejects_requests_without_it(tmp_path: Path) -> No
 def test_an_echo_without_a_key_ignores_a_key_in_hploads_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from hpload.servers.echo import API_KEY_ENV
+    from hpload.servers.echo.server import API_KEY_ENV
 
     monkeypatch.setenv(API_KEY_ENV, "inherited")
 
@@ -129,7 +129,7 @@ def test_an_echo_without_a_key_ignores_a_key_in_hploads_environment(tmp_path: Pa
 
 
 def test_a_wrapper_without_a_key_gets_an_empty_key_variable(tiny_model: Path) -> None:
-    from hpload.servers.hf import API_KEY_ENV, HFServer
+    from hpload.servers.hf.launcher import API_KEY_ENV, HFServer
 
     assert HFServer(HFSettings(model=str(tiny_model))).env()[API_KEY_ENV] == ""
     assert HFServer(HFSettings(model=str(tiny_model), api_key="k")).env()[API_KEY_ENV] == "k"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hpload.servers import openai_api as oa
-from hpload.servers.hf_app import IncrementalDetokenizer, StopMatcher
+from hpload.servers.hf import openai_api as oa
+from hpload.servers.hf.app import IncrementalDetokenizer, StopMatcher
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,7 @@ def test_start_at_from_a_barrier_url() -> None:
 
 
 def test_shares_split_request_numbers_exactly() -> None:
-    from hpload.loadgen.engine import Share
+    from hpload.loadgen.loadrun import Share
 
     for n in (1, 2, 3, 5):
         for lo, hi in ((0, 0), (0, 2), (2, 33), (7, 8), (0, 1000)):
@@ -131,3 +131,36 @@ def test_a_closed_loop_over_three_shards_is_the_single_host_load(echo_server: ob
     assert len(set(_ids(tmp_path / "m"))) == 33
     record = json.loads(next((tmp_path / "m" / "points").glob("*.point.json")).read_text())
     assert record["summary"]["completed"] == 31
+    # Every key the shards and the merge write is declared in the one result vocabulary.
+    from hpload.loadgen.vocabulary import HEALTH_KEYS, SHARD_ENTRY_KEYS, SHARD_META_KEYS, SHARDS_INFO_KEYS
+
+    for i in range(3):
+        assert set(json.loads((tmp_path / f"s{i}" / "shard.json").read_text())) == SHARD_META_KEYS
+    info = json.loads((tmp_path / "m" / "shards.json").read_text())
+    assert set(info) == SHARDS_INFO_KEYS and [set(e) for e in info["shards"]] == [SHARD_ENTRY_KEYS] * 3
+    result = json.loads((tmp_path / "m" / record["result_file"]).read_text())
+    assert {"shards", "flagged"} <= set(result["health"]) <= HEALTH_KEYS, set(result["health"]) - HEALTH_KEYS
+    assert all(set(e["health"]) <= HEALTH_KEYS and "start_late_s" in e["health"] for e in result["health"]["shards"])
+
+
+async def test_echo_binds_beyond_loopback_only_with_allow_remote(tmp_path: Path) -> None:
+    """The one exception to loopback-only (the netns test's server): a setting, so scenario files, ``hpload serve
+    echo --allow-remote`` and the launcher's child command line all carry it."""
+    import httpx
+
+    from hpload.errors import ServerError
+    from hpload.servers import EchoSettings, make_server
+
+    # 127.0.0.2 is not one of the loopback names the echo server accepts, yet reachable here without a network.
+    with pytest.raises(ServerError, match="binds loopback only"):
+        async with make_server(EchoSettings(host="127.0.0.2", startup_timeout_s=20), workdir=tmp_path):
+            pass
+    async with make_server(EchoSettings(host="127.0.0.2", allow_remote=True), workdir=tmp_path) as server:
+        assert server.base_url.startswith("http://127.0.0.2:")
+        async with httpx.AsyncClient(trust_env=False) as client:
+            assert (await client.get(f"{server.base_url}/v1/models")).status_code == 200
+
+
+def test_serve_echo_has_allow_remote() -> None:
+    proc = subprocess.run([HPLOAD, "serve", "echo", "--help"], capture_output=True, text=True, timeout=60)  # noqa: S603
+    assert "--allow-remote" in proc.stdout

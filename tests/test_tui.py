@@ -14,7 +14,7 @@ from textual.widgets import Input, Static
 
 from hpload.tui.app import HploadApp
 from hpload.tui.help import HelpScreen, binding_rows
-from hpload.tui.histogram import LatencyHistogram
+from hpload.tui.histogram import HistogramChart
 from hpload.tui.panels import LogTail, PointsTable, ServerPanel
 from hpload.tui.plans import ScenarioChoice
 from hpload.tui.run import RunScreen
@@ -236,7 +236,7 @@ async def test_setup_reports_a_bad_knob_and_does_not_start(tmp_path: Path) -> No
 async def test_thread_engine_also_runs(tmp_path: Path, engine: str) -> None:
     path = write_scenario(tmp_path, duration_s=2)
     app = HploadApp(
-        [ScenarioChoice("tui-echo", path)], initial="tui-echo", results_root=tmp_path / "results", engine=engine
+        [ScenarioChoice("tui-echo", path)], initial="tui-echo", results_root=tmp_path / "results", run_in=engine
     )
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("ctrl+s")
@@ -247,7 +247,7 @@ async def test_thread_engine_also_runs(tmp_path: Path, engine: str) -> None:
         await pilot.pause(0.3)
         assert run.outcome is not None and run.outcome.state == "done"
         assert hist_samples(run.panels()[0], "e2el") > 0
-        assert isinstance(run.panels()[0].histogram("ttft"), LatencyHistogram)
+        assert isinstance(run.panels()[0].histogram("ttft"), HistogramChart)
 
 
 async def test_a_server_that_cannot_start_shows_as_failed(tmp_path: Path) -> None:

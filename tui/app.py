@@ -36,11 +36,11 @@ class HploadApp(App[int]):
         start_plan: RunPlan | None = None,
         theme: str = DARK,
         results_root: Path | None = None,
-        engine: str = "process",
+        run_in: str = "process",
     ) -> None:
         super().__init__()
         self.results_root = results_root
-        self.engine = engine
+        self.run_in = run_in
         self.choices = choices
         self.initial = initial
         self.start_plan = start_plan
@@ -52,7 +52,7 @@ class HploadApp(App[int]):
             self.push_screen(self.run_screen(self.start_plan))
 
     def run_screen(self, plan: RunPlan, *, autostart: bool = True) -> RunScreen:
-        return RunScreen(plan, autostart=autostart, results_root=self.results_root, engine=self.engine)
+        return RunScreen(plan, autostart=autostart, results_root=self.results_root, run_in=self.run_in)
 
     def on_setup_screen_start_requested(self, event: SetupScreen.StartRequested) -> None:
         self.push_screen(self.run_screen(event.plan))

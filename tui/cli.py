@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -18,11 +20,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--results", type=Path, default=None, help="results root; each start writes RESULTS/<scenario>/tui-<time>"
     )
     parser.add_argument(
-        "--engine",
+        "--run-in",
         choices=("process", "thread"),
         default="process",
         help="where the load generator runs: a child process (default; the UI never slows it) or a thread",
     )
+    # The old spelling, kept so scripts keep working; "engine" now means only a server's inference engine.
+    parser.add_argument("--engine", dest="run_in", choices=("process", "thread"), action=_DeprecatedAlias,
+                        help=argparse.SUPPRESS)
+
+
+class _DeprecatedAlias(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        sys.stderr.write(f"hpload tui: warning: {option_string} is deprecated; use --run-in\n")
+        setattr(namespace, self.dest, values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         start_plan=plan if args.start else None,
         theme=LIGHT if args.light else DARK,
         results_root=args.results,
-        engine=args.engine,
+        run_in=args.run_in,
     )
     code = app.run()
     return int(code or 0)

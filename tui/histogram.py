@@ -1,4 +1,4 @@
-"""``LatencyHistogram``: one metric's latency distribution as block-character bars on a log axis.
+"""``HistogramChart``: one metric's latency distribution as block-character bars on a log axis.
 
 Layout, top to bottom: a title line with the percentiles, the bars, a marker row with ▲ under p50/p90/p99, and
 the tick labels. The x axis (``LogAxis``) and the y scale (share of samples in the fullest column) are handed in
@@ -25,18 +25,18 @@ def column_shares(view: HistogramView, axis: LogAxis, width: int) -> list[float]
     return [c / total for c in axis.rebin(view, width)]
 
 
-class LatencyHistogram(Widget):
+class HistogramChart(Widget):
     DEFAULT_CSS = """
-    LatencyHistogram {
+    HistogramChart {
         height: 1fr;
         min-height: 4;
     }
-    LatencyHistogram > .latency-histogram--title { text-style: bold; }
-    LatencyHistogram > .latency-histogram--bar { color: $primary; }
-    LatencyHistogram > .latency-histogram--axis { color: $foreground-muted; }
-    LatencyHistogram > .latency-histogram--p50 { color: $success; text-style: bold; }
-    LatencyHistogram > .latency-histogram--p90 { color: $warning; text-style: bold; }
-    LatencyHistogram > .latency-histogram--p99 { color: $error; text-style: bold; }
+    HistogramChart > .latency-histogram--title { text-style: bold; }
+    HistogramChart > .latency-histogram--bar { color: $primary; }
+    HistogramChart > .latency-histogram--axis { color: $foreground-muted; }
+    HistogramChart > .latency-histogram--p50 { color: $success; text-style: bold; }
+    HistogramChart > .latency-histogram--p90 { color: $warning; text-style: bold; }
+    HistogramChart > .latency-histogram--p99 { color: $error; text-style: bold; }
     """
 
     COMPONENT_CLASSES = {

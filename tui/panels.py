@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Static
 
 from hpload.loadgen.snapshot import ClientHealth, Snapshot
 from hpload.tui.feed import PointDone
-from hpload.tui.histogram import LatencyHistogram
+from hpload.tui.histogram import HistogramChart
 from hpload.tui.logaxis import bar_rows, format_ms
 
 HIST_METRICS = ("ttft", "itl", "e2el")
@@ -145,7 +145,7 @@ class ServerPanel(Vertical):
         with Horizontal(classes="panel-body"):
             with Vertical(classes="latency-view"):
                 for metric in HIST_METRICS:
-                    yield LatencyHistogram(metric, classes=f"hist-{metric}")
+                    yield HistogramChart(metric, classes=f"hist-{metric}")
             with Vertical(classes="rate-view"):
                 yield Static(classes="req-label rate-label")
                 yield RateHistory(classes="req-history")
@@ -160,8 +160,8 @@ class ServerPanel(Vertical):
         self.tok_rate = self.query_one(".tok-history", RateHistory)
         self._redraw_text()
 
-    def histogram(self, metric: str) -> LatencyHistogram:
-        return self.query_one(f".hist-{metric}", LatencyHistogram)
+    def histogram(self, metric: str) -> HistogramChart:
+        return self.query_one(f".hist-{metric}", HistogramChart)
 
     def reset(self) -> None:
         self.state, self.detail, self.snapshot = "idle", "", None

@@ -17,9 +17,10 @@ from pydantic import ValidationError
 
 from hpload.errors import HploadError
 from hpload.scenarios.schema import Scenario
+from hpload.servers.kinds import KINDS
 from hpload.tui.session import RunPlan
 
-SERVER_KINDS = ("echo", "hf", "vllm", "external")
+SERVER_KINDS = ("echo", *(k for k in KINDS if k != "echo"))  # echo first: it starts at once
 QUICKSTART = "quickstart"
 
 

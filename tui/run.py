@@ -1,6 +1,6 @@
-"""The run screen: one column per server, live from the engine's snapshots, with keys to stop and restart.
+"""The run screen: one column per server, live from the load run's snapshots, with keys to stop and restart.
 
-The engine runs in a child process (:mod:`hpload.tui.engine`); a thread worker here reads its pipe into a
+The load run runs in a child process (:mod:`hpload.tui.child`); a thread worker here reads its pipe into a
 :class:`Feed`, which wakes this screen with at most one ``FeedReady`` message in flight; the screen then takes
 the latest snapshot per server and redraws once. On narrow or short terminals the keys 1-4 pick one view; from
 120x36 up every view is on screen at once.
@@ -24,7 +24,7 @@ from textual.worker import Worker, WorkerState
 
 from hpload.gpu import GpuSample, GpuTelemetry, describe
 from hpload.loadgen.snapshot import HistogramView, Snapshot
-from hpload.tui.engine import EngineProcess
+from hpload.tui.child import ChildRun
 from hpload.tui.feed import Batch, Feed, PointDone, ServerState
 from hpload.tui.logaxis import LogAxis
 from hpload.tui.panels import HIST_METRICS, PointsTable, ServerPanel
@@ -36,7 +36,7 @@ STOP_WAIT_S = 60.0  # server teardown is SIGTERM + at most 10 s + SIGKILL; a loa
 
 
 class FeedReady(Message):
-    """Something new is waiting in the feed (posted from the engine thread)."""
+    """Something new is waiting in the feed (posted from the load run's thread)."""
 
 
 class RunScreen(Screen[None]):
@@ -60,16 +60,16 @@ class RunScreen(Screen[None]):
         autostart: bool = True,
         gpu: GpuTelemetry | None = None,
         results_root: Path | None = None,
-        engine: str = "process",
+        run_in: str = "process",
     ) -> None:
         super().__init__()
         self.plan = plan
         self.autostart = autostart
         self.view = "latency"
         self.feed = Feed(lambda: self.post_message(FeedReady()))
-        self.engine_kind = engine  # "process" (the default, see hpload.tui.engine) or "thread", for comparison
-        self.session: EngineProcess | Session | None = None
-        self.engine: Worker[None] | None = None
+        self.run_in = run_in  # "process" (the default, see hpload.tui.child) or "thread", for comparison
+        self.session: ChildRun | Session | None = None
+        self.load_worker: Worker[None] | None = None
         self.gpu = gpu if gpu is not None else GpuTelemetry()
         self.started_at: float | None = None
         self.redraws = 0  # feed drains that changed something; with Feed.published it shows the coalescing
@@ -98,10 +98,10 @@ class RunScreen(Screen[None]):
     def panels(self) -> list[ServerPanel]:
         return list(self.query(ServerPanel))
 
-    # -- the engine ---------------------------------------------------------------------------------------------
+    # -- the load run ---------------------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self.engine is not None and self.engine.state in (WorkerState.PENDING, WorkerState.RUNNING)
+        return self.load_worker is not None and self.load_worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
 
     def start(self) -> None:
         if self.running:
@@ -110,25 +110,25 @@ class RunScreen(Screen[None]):
             panel.reset()
         self.feed.drain()  # anything a previous session left behind belongs to it
         self.outcome = None
-        if self.engine_kind == "thread":
+        if self.run_in == "thread":
             self.session = Session(self.plan, self.feed, results_root=self.results_root)
         else:
-            self.session = EngineProcess(self.plan, self.feed, results_root=self.results_root)
+            self.session = ChildRun(self.plan, self.feed, results_root=self.results_root)
         self.started_at = time.monotonic()
-        self.engine = self.run_worker(
-            self.session.run, name="engine", group="engine", thread=True, exit_on_error=False
+        self.load_worker = self.run_worker(
+            self.session.run, name="load-run", group="load-run", thread=True, exit_on_error=False
         )
         self._update_runbar()
 
     async def stop_and_wait(self, timeout_s: float = STOP_WAIT_S) -> bool:
-        """Ask the engine to stop and wait for its thread (servers down, results drained). False on timeout."""
+        """Ask the load run to stop and wait for its thread (servers down, results drained). False on timeout."""
         if self.session is not None:
             self.session.stop()
-        engine = self.engine
-        if engine is None or not self.running:
+        worker = self.load_worker
+        if worker is None or not self.running:
             return True
         try:
-            await asyncio.wait_for(engine.wait(), timeout_s)
+            await asyncio.wait_for(worker.wait(), timeout_s)
         except TimeoutError:
             return False
         except Exception:  # noqa: BLE001 - WorkerFailed/Cancelled: the thread is over, which is all we wait for
@@ -136,11 +136,11 @@ class RunScreen(Screen[None]):
         return True
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        # Textual routes every worker's state change here: the engine's and the GPU poller's.
+        # Textual routes every worker's state change here: the load run's and the GPU poller's.
         worker = event.worker
-        if worker is self.engine:
+        if worker is self.load_worker:
             if event.state == WorkerState.ERROR and worker.error is not None:
-                self.notify(f"engine failed: {worker.error}", severity="error", timeout=10)
+                self.notify(f"load run failed: {worker.error}", severity="error", timeout=10)
             self._update_runbar()
         elif worker.group == "gpu" and event.state == WorkerState.SUCCESS and worker.result is not None:
             samples, unavailable = worker.result
@@ -153,7 +153,7 @@ class RunScreen(Screen[None]):
             self.apply(batch)
 
     def apply(self, batch: Batch) -> None:
-        """Draw a batch of engine output; also the entry point for tests and snapshots fed fixed data."""
+        """Draw a batch of load-run output; also the entry point for tests and snapshots fed fixed data."""
         panels = {p.label: p for p in self.panels()}
         for event in batch.events:
             if isinstance(event, PointDone):

@@ -22,7 +22,7 @@ from hpload.errors import HploadError, one_line
 from hpload.loadgen.snapshot import Snapshot
 from hpload.loadgen.specs import LoadSpec, WorkloadSpec
 from hpload.scenarios.schema import Scenario
-from hpload.servers.settings import ServerSettings
+from hpload.servers.kinds import ServerSettings
 from hpload.tui.feed import Feed, PointDone, ServerState
 
 if TYPE_CHECKING:
@@ -57,13 +57,6 @@ class RunPlan:
     @property
     def load(self) -> LoadSpec:
         return self.scenario.load
-
-
-class _SummaryView:
-    """What ``SLO.violations`` reads from a result: its summary."""
-
-    def __init__(self, summary: dict[str, Any]) -> None:
-        self.summary = summary
 
 
 class Session:
@@ -164,9 +157,10 @@ class Session:
     def _violations(self, record: PointRecord) -> list[str]:
         if not record.ok:
             return []
+        from hpload.loadgen.slo import violations
         from hpload.scenarios.runner import check_thresholds
 
-        found = self.plan.scenario.slo.violations(_SummaryView(record.summary))  # type: ignore[arg-type]
+        found = violations(self.plan.scenario.slo, record.summary)
         with contextlib.suppress(HploadError):
             found += check_thresholds(self.plan.scenario.threshold_list(), record)
         return found

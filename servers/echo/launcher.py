@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from hpload.servers.base import ProcessServer
-from hpload.servers.echo import API_KEY_ENV
+from hpload.servers.echo.server import API_KEY_ENV
 from hpload.servers.settings import EchoSettings
 
 
@@ -14,7 +14,7 @@ def echo_argv(settings: EchoSettings, port: int) -> list[str]:
     s = settings
     return [
         sys.executable, "-m", "hpload.servers.echo",
-        "--host", s.host, "--port", str(port),
+        "--host", s.host, *(["--allow-remote"] if s.allow_remote else []), "--port", str(port),
         "--ttft-ms", str(s.ttft_ms), "--itl-ms", str(s.itl_ms),
         "--output-tokens", str(s.output_tokens), "--model", s.served_model_name,
         *(["--precise"] if s.precise else []),
@@ -22,15 +22,7 @@ def echo_argv(settings: EchoSettings, port: int) -> list[str]:
     ]
 
 
-class EchoServer(ProcessServer):
-    def __init__(self, settings: EchoSettings, *, workdir: Path | None = None) -> None:
-        super().__init__(
-            label=settings.label, port=settings.port, workdir=workdir, startup_timeout_s=settings.startup_timeout_s
-        )
-        self.settings = settings
-        self.host = settings.host
-        self.model = settings.served_model_name
-        self.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+class EchoServer(ProcessServer[EchoSettings]):
 
     def argv(self, port: int) -> list[str]:
         return echo_argv(self.settings, port)

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from hpload.servers import openai_api as oa
-from hpload.servers.hf_engine import Engine, GenParams, Stream
+from hpload.servers.hf import openai_api as oa
+from hpload.servers.hf.engine import Engine, GenParams, Stream
 
 log = logging.getLogger("hpload.hf")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from hpload.errors import HploadError
 from hpload.servers.base import ProcessServer
@@ -18,20 +17,14 @@ log = logging.getLogger("hpload.hf")
 
 
 def hf_argv(settings: HFSettings, model_dir: str, port: int) -> list[str]:
-    """``hpload serve hf`` flags for these settings (everything but the API key)."""
-    s = settings
-    argv = ["--model", model_dir, "--host", s.host, "--port", str(port), "--mode", s.mode]
-    argv += ["--batch-size", str(s.batch_size), "--max-batch-wait-ms", str(s.max_batch_wait_ms)]
-    argv += ["--dtype", s.dtype, "--max-new-tokens-limit", str(s.max_new_tokens_limit), "--load-format", s.load_format]
-    argv += ["--label", s.label]
+    """``hpload serve hf`` flags for these settings (everything but the API key), built from the settings model
+    itself, so a new setting reaches the child with no edit here."""
+    from hpload.servers.cli import settings_flags
+
+    s = settings.model_copy(update={"model": model_dir})
+    argv = ["--host", s.host, "--port", str(port), "--label", s.label, *settings_flags(s)]
     if s.served_model_name:
         argv += ["--served-model-name", s.served_model_name]
-    if s.device:
-        argv += ["--device", s.device]
-    if s.device_map:
-        argv += ["--device-map", s.device_map]
-    if s.torch_threads:
-        argv += ["--torch-threads", str(s.torch_threads)]
     return argv
 
 
@@ -41,16 +34,9 @@ def resolve_model_dir(model: str | None) -> str:
     return str(resolve_model(model))
 
 
-class HFServer(ProcessServer):
-    def __init__(self, settings: HFSettings, *, workdir: Path | None = None) -> None:
-        super().__init__(
-            label=settings.label, port=settings.port, workdir=workdir, startup_timeout_s=settings.startup_timeout_s
-        )
-        self.settings = settings
-        self.host = settings.host
-        self.model_dir = resolve_model_dir(settings.model)
-        self.model = settings.served_model_name or self.model_dir
-        self.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+class HFServer(ProcessServer[HFSettings]):
+    def local_model_dir(self, model: str | None) -> str:
+        return resolve_model_dir(model)
 
     def argv(self, port: int) -> list[str]:
         return [sys.executable, "-m", "hpload", "serve", "hf", *hf_argv(self.settings, self.model_dir, port)]
@@ -65,9 +51,9 @@ def run_hf(settings: HFSettings) -> int:
     """Load the model, then serve until SIGINT/SIGTERM. Blocks."""
     import uvicorn
 
-    from hpload.servers.hf_app import build_app
-    from hpload.servers.hf_engine import load_model, make_engine
-    from hpload.servers.metrics import ServerMetrics
+    from hpload.servers.hf.app import build_app
+    from hpload.servers.hf.engine import load_model, make_engine
+    from hpload.servers.hf.metrics import ServerMetrics
 
     logging.basicConfig(level=os.environ.get("HPLOAD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.host not in ("127.0.0.1", "localhost", "::1"):

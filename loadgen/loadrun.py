@@ -1,14 +1,14 @@
 """Drives one run in this process: sends on a schedule (open loop) or per slot (closed loop), records each request,
-publishes snapshots, and watches for stalled requests.
+publishes progress through one seam (a :data:`Publish` callback), and watches for stalled requests.
 
-``run_load`` is the entry point; with ``load.workers > 1`` it hands over to :mod:`hpload.loadgen.workers`, whose
-processes each run a :class:`LoadRun` on their share of the same load.
+The entry point is :func:`hpload.loadgen.run.run_load`; with ``load.workers > 1`` it goes through
+:mod:`hpload.loadgen.workers`, whose processes each run a :class:`LoadRun` on their share of the same load. This
+module imports neither, so loadgen's imports run one way: run -> workers -> loadrun.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -21,9 +21,8 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import IO, Any
 
-import httpx2 as httpx
+import httpx2
 
-from hpload.loadgen import prom
 from hpload.loadgen.client import RequestRecord, send_request
 from hpload.loadgen.health import HealthMonitor
 from hpload.loadgen.recorder import Recorder
@@ -32,7 +31,7 @@ from hpload.loadgen.schedule import closed_loop_levels, open_loop_schedule
 from hpload.loadgen.snapshot import Observer
 from hpload.loadgen.specs import SLO, LoadSpec, Target, WorkloadSpec
 from hpload.loadgen.transport import LeanTransport
-from hpload.loadgen.workload import PreparedRequest, build_requests, endpoint_path
+from hpload.loadgen.workload import PreparedRequest, endpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -62,55 +61,6 @@ class Share:
         return below(hi) - below(lo)
 
 
-async def run_load(
-    target: Target,
-    workload: WorkloadSpec,
-    load: LoadSpec,
-    *,
-    slo: SLO | None = None,
-    observer: Observer | None = None,
-    snapshot_interval_s: float = 0.5,
-    stop: asyncio.Event | None = None,
-    requests_path: Path | None = None,
-    share: Share | None = None,
-    start_ns: int | None = None,
-    id_prefix: str | None = None,
-) -> RunResult:
-    """Run one load against one target and return the result (also when ``stop`` ends it early).
-
-    ``share``, ``start_ns`` and ``id_prefix`` make this run one shard of a load split across hosts
-    (:mod:`hpload.scenarios.shards`): its part of the load, from that instant of ``perf_counter_ns``, with request
-    ids every shard derives alike.
-
-    ``observer`` receives a :class:`~hpload.loadgen.snapshot.Snapshot` every ``snapshot_interval_s`` and a final one
-    with ``phase == "done"``. ``requests_path`` gets one JSON line per request (one file per worker process), with
-    its inter-token gaps, and each request is sent with an ``X-Request-Id`` that its line repeats.
-    """
-    metrics_url = target.metrics_url or target.base_url.rstrip("/") + "/metrics"
-    headers = auth_headers(target)
-    before = await prom.scrape(metrics_url, headers)
-    if load.workers > 1:
-        from hpload.loadgen.workers import run_workers
-
-        result = await run_workers(
-            target, workload, load, slo=slo, observer=observer, snapshot_interval_s=snapshot_interval_s,
-            stop=stop, requests_path=requests_path, share=share, start_ns=start_ns, id_prefix=id_prefix,
-        )  # fmt: skip
-    else:
-        requests = await asyncio.to_thread(build_requests, workload, target)
-        run = LoadRun(
-            target, workload, load, requests, slo=slo, requests_path=requests_path, share=share or Share(),
-            start_ns=start_ns, id_prefix=id_prefix,
-        )  # fmt: skip
-        result = await run.execute(observer=observer, snapshot_interval_s=snapshot_interval_s, stop=stop)
-    after = await prom.scrape(metrics_url, headers) if before is not None else None
-    result.server_metrics = prom.server_side(before, after)
-    gap = prom.ttft_gap_warning(float(result.summary.get("mean_ttft_ms", 0.0)), result.server_metrics)
-    if gap:
-        result.warnings.append(gap)
-    return result
-
-
 def auth_headers(target: Target) -> dict[str, str]:
     return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
 
@@ -127,26 +77,47 @@ def run_config(target: Target, workload: WorkloadSpec, load: LoadSpec, slo: SLO 
     }
 
 
-def make_clients(load: LoadSpec, streams: int, url: str = "http://") -> list[httpx.AsyncClient]:
+def make_clients(load: LoadSpec, streams: int, url: str = "http://") -> list[httpx2.AsyncClient]:
     """The HTTP clients for one process. Default: one httpx client over :class:`LeanTransport` (chosen by
     benchmarks/bench_loadgen_capacity.py). HTTPS targets, or ``HPLOAD_LOADGEN_TRANSPORT=httpcore``, get httpx's own
     pool, sharded, because that pool does work per connection on every request, so small pools scale better."""
-    timeout = httpx.Timeout(connect=load.connect_timeout_s, read=None, write=load.connect_timeout_s, pool=None)
+    timeout = httpx2.Timeout(connect=load.connect_timeout_s, read=None, write=load.connect_timeout_s, pool=None)
     lean = url.startswith("http://") and os.environ.get("HPLOAD_LOADGEN_TRANSPORT", "lean") != "httpcore"
     if lean:
         transport = LeanTransport(keepalive_expiry_s=load.keepalive_expiry_s, connect_timeout_s=load.connect_timeout_s)
-        return [httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)]
+        return [httpx2.AsyncClient(transport=transport, timeout=timeout, trust_env=False)]
     shards = max(1, math.ceil(streams / STREAMS_PER_CLIENT))
     per_shard = math.ceil(streams / shards) + 4
-    limits = httpx.Limits(
+    limits = httpx2.Limits(
         max_connections=None, max_keepalive_connections=per_shard, keepalive_expiry=load.keepalive_expiry_s
     )
-    return [httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) for _ in range(shards)]
+    return [httpx2.AsyncClient(timeout=timeout, limits=limits, trust_env=False) for _ in range(shards)]
+
+
+Publish = Callable[[Recorder, HealthMonitor, str], None]
+"""Called every snapshot interval with the phase ("warmup", "measure"), and once with "done" after the result is
+built: the one way progress leaves a run. A single process publishes snapshots to an observer
+(:func:`snapshot_publisher`); a worker process sends deltas to its parent (hpload.loadgen.workers)."""
+
+
+def snapshot_publisher(observer: Observer | None) -> Publish:
+    """Snapshots for ``observer``; with no observer, only the folding that keeps memory flat."""
+
+    def publish(recorder: Recorder, health: HealthMonitor, phase: str) -> None:
+        if observer is None:
+            if phase != "done":  # nobody watches, but buffered samples must still be folded in
+                health.sample(recorder.interval_schedule_lag_p99_ms())
+                recorder.fold()
+            return
+        lag_ms = recorder.cum["schedule_lag"].percentile_us(99) / 1000 if phase == "done" else (
+            recorder.interval_schedule_lag_p99_ms())
+        _notify(observer, recorder.snapshot(phase, health.sample(lag_ms)))
+
+    return publish
 
 
 class LoadRun:
-    """One process's run. ``execute`` returns this process's result; ``on_tick`` overrides snapshot publishing
-    (worker processes send deltas instead)."""
+    """One process's run. ``execute`` returns this process's result and publishes progress through ``publish``."""
 
     def __init__(
         self,
@@ -182,7 +153,7 @@ class LoadRun:
         warm = load.warmup_requests
         self._warmup_n = share.count_in(0, warm)
         self._limit_n = share.count_in(warm, warm + load.num_requests) if load.num_requests is not None else None
-        self._clients: list[httpx.AsyncClient] = []
+        self._clients: list[httpx2.AsyncClient] = []
         self._t0 = 0
         self._end_ns = 0
         self._warm_end_ns = 0
@@ -192,12 +163,12 @@ class LoadRun:
     async def execute(
         self,
         *,
-        observer: Observer | None = None,
+        publish: Publish | None = None,
         snapshot_interval_s: float = 0.5,
         stop: asyncio.Event | None = None,
-        tick: Callable[[Recorder, HealthMonitor, str], None] | None = None,
     ) -> RunResult:
         load = self.load
+        publish = publish or snapshot_publisher(None)
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
         if load.open_loop:
             schedule, warm = open_loop_schedule(load)
@@ -227,41 +198,13 @@ class LoadRun:
         else:
             self._end_ns = 2**62  # bounded by num_requests only
 
-        driver = asyncio.create_task(self._open_loop(schedule, warm) if load.open_loop else self._closed_loop())
-        helpers = [
-            asyncio.create_task(self.health.probe()),
-            asyncio.create_task(self._watchdog()),
-            asyncio.create_task(self._ticker(observer, snapshot_interval_s, tick)),
-        ]
-        stopper = asyncio.create_task(stop.wait()) if stop is not None else None
-        waiting: set[asyncio.Task[Any]] = {driver} | ({stopper} if stopper else set())
-        if self._end_ns < 2**62:
-            # The duration bound holds even against a hung server whose requests would outlive their timeouts.
-            deadline = asyncio.create_task(_sleep_until(self._end_ns + int(load.drain_timeout_s * 1e9)))
-            helpers.append(deadline)
-            waiting.add(deadline)
         try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if not driver.done():
-                if not (stopper is not None and stopper.done()):
-                    self._drained = len(self._inflight)  # the drain deadline, not a stop, ended the run
-                driver.cancel()
-            for task in list(self._tasks) + list(self._inflight.values()):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await driver
+            await self._supervise(schedule, warm, publish, snapshot_interval_s, stop)
+        finally:
+            # Also when cancelled from outside (Ctrl-C): nothing may go on sending through the clients closed below.
+            self._cancel_requests()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-        finally:
-            if not driver.done():
-                # Cancelled from outside (Ctrl-C): nothing may go on sending through the clients closed below.
-                driver.cancel()
-                for task in list(self._tasks) + list(self._inflight.values()):
-                    task.cancel()
-                await asyncio.gather(driver, *self._tasks, return_exceptions=True)
-            for task in [*helpers, *([stopper] if stopper else [])]:
-                task.cancel()
-            await asyncio.gather(*helpers, *([stopper] if stopper else []), return_exceptions=True)
             for client in self._clients:
                 await client.aclose()
             if self._out is not None:
@@ -280,11 +223,50 @@ class LoadRun:
             kind, msg = next(iter(self.recorder.error_samples.items()))
             result.warnings.append(f"every request failed; first {kind}: {msg}")
         result.warnings += [f"{name} histogram overflowed {n} times" for name, n in result.histogram_overflows.items()]
-        if tick is not None:
-            tick(self.recorder, self.health, "done")
-        elif observer is not None:
-            _notify(observer, self.recorder.snapshot("done", self.health.sample(sched_p99)))
+        publish(self.recorder, self.health, "done")
         return result
+
+    async def _supervise(
+        self, schedule: list[int], warm: int, publish: Publish, interval_s: float, stop: asyncio.Event | None
+    ) -> None:
+        """The driver and its helpers in one task group: the run ends when the driver finishes, ``stop`` is set, or
+        the drain deadline passes; then everything left is cancelled and the group waits for all of it. A helper
+        that fails ends the run with its own exception."""
+        load = self.load
+        try:
+            async with asyncio.TaskGroup() as group:
+                driver = group.create_task(self._open_loop(schedule, warm) if load.open_loop else self._closed_loop())
+                helpers: list[asyncio.Task[Any]] = [
+                    group.create_task(self.health.probe()),
+                    group.create_task(self._watchdog()),
+                    group.create_task(self._ticker(publish, interval_s)),
+                ]
+                waiting: set[asyncio.Task[Any]] = {driver}
+                stopper = group.create_task(stop.wait()) if stop is not None else None
+                if stopper is not None:
+                    helpers.append(stopper)
+                    waiting.add(stopper)
+                if self._end_ns < 2**62:
+                    # The duration bound holds even against a hung server whose requests would outlive their timeouts.
+                    deadline = group.create_task(_sleep_until(self._end_ns + int(load.drain_timeout_s * 1e9)))
+                    helpers.append(deadline)
+                    waiting.add(deadline)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if not driver.done():
+                    if not (stopper is not None and stopper.done()):
+                        self._drained = len(self._inflight)  # the drain deadline, not a stop, ended the run
+                    driver.cancel()
+                self._cancel_requests()
+                if self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+                for task in helpers:
+                    task.cancel()
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None  # one failure surfaces as itself, as before the task group
+
+    def _cancel_requests(self) -> None:
+        for task in list(self._tasks) + list(self._inflight.values()):
+            task.cancel()
 
     async def _closed_loop(self) -> None:
         levels = closed_loop_levels(self.load)
@@ -393,27 +375,13 @@ class LoadRun:
                     rec.timed_out = True
                     task.cancel()
 
-    async def _ticker(
-        self,
-        observer: Observer | None,
-        interval_s: float,
-        tick: Callable[[Recorder, HealthMonitor, str], None] | None,
-    ) -> None:
+    async def _ticker(self, publish: Publish, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
             if self._out is not None:
                 self._out.flush()
             warming = self.recorder.warming and (self.load.warmup_s > 0 or self.load.warmup_requests > 0)
-            phase = "warmup" if warming else "measure"
-            if tick is not None:
-                tick(self.recorder, self.health, phase)
-            elif observer is not None:
-                health = self.health.sample(self.recorder.interval_schedule_lag_p99_ms())
-                _notify(observer, self.recorder.snapshot(phase, health))
-            else:
-                # Nobody watches, but buffered samples must still be folded in or memory grows with the run.
-                self.health.sample(self.recorder.interval_schedule_lag_p99_ms())
-                self.recorder.fold()
+            publish(self.recorder, self.health, "warmup" if warming else "measure")
 
 
 def _notify(observer: Observer, snap: Any) -> None:

@@ -5,7 +5,7 @@ its thread busy, so a repaint in the same process would wait for the GIL and slo
 client-health CPU figure would count the UI's work as the client's. In a child process the load generator gets a
 core of its own, its health numbers are its own, and key presses are answered by an idle UI process.
 
-The child (``python -m hpload.tui.engine``) runs :class:`~hpload.tui.session.Session`, i.e. the scenario runner
+The child (``python -m hpload.tui.child``) runs :class:`~hpload.tui.session.Session`, i.e. the scenario runner
 with its servers. The parent writes the pickled plan to the child's stdin, then ``stop`` when the user stops; the
 child pickles what the session publishes to its stdout, which a reader thread here hands to a coalescing
 :class:`~hpload.tui.feed.Feed`. When the UI process dies, the child's stdin reaches EOF and it stops the same way,
@@ -95,7 +95,7 @@ def child_main() -> int:
     return 0
 
 
-class EngineProcess:
+class ChildRun:
     """Parent-side handle. ``run()`` blocks (call it from a thread worker) until the child has exited."""
 
     def __init__(self, plan: RunPlan, feed: Feed, *, results_root: Path | None = None) -> None:
@@ -130,7 +130,7 @@ class EngineProcess:
         log_path = self.log_path()
         with self._lock:
             process = subprocess.Popen(  # noqa: S603 - this interpreter, a fixed module, no shell
-                [sys.executable, "-m", "hpload.tui.engine"],
+                [sys.executable, "-m", "hpload.tui.child"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

@@ -1,0 +1,202 @@
+"""The result vocabulary: every key hpload writes into a result's summary, the rule that merges counters, and the
+metric names. One home, so a new metric is named once and every reader is checked against it.
+
+Summary keys keep vLLM ``bench serve``'s JSON names (``mean_ttft_ms``, ``p99_tpot_ms``, ``request_goodput`` ...), so
+a result file reads like vLLM's. :class:`Summary` is the typed form the type checker holds readers to;
+tests/test_vocabulary.py checks that every key a real run writes is in it. SLO limits are evaluated in
+:mod:`hpload.loadgen.slo`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, TypedDict
+
+# The four vLLM bench serve metrics, then the open-loop ones measured from the scheduled send time.
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+SCHEDULE_METRICS = ("ttft_from_schedule", "e2el_from_schedule", "schedule_lag")
+ALL_METRICS = LATENCY_METRICS + SCHEDULE_METRICS
+STATS = ("mean", "median", "std", "p90", "p99", "max")  # p50 is written "median", as vLLM does
+
+
+def stat_key(stat: str, metric: str) -> str:
+    """The summary key of one statistic of one metric, in milliseconds: ``stat_key("p99", "ttft")`` is
+    ``p99_ttft_ms`` (``p50`` is spelled ``median``)."""
+    return f"{'median' if stat == 'p50' else stat}_{metric}_ms"
+
+
+class Summary(TypedDict, total=False):
+    """A run's summary (``RunResult.summary``, the ``summary`` object of a result file)."""
+
+    completed: int
+    failed: int
+    incomplete: int
+    duration: float  # seconds, first send to last token
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput: float
+    output_throughput: float
+    total_token_throughput: float
+    request_goodput: float | None  # None when the scenario has no per-request SLO limit
+    max_concurrency: int | None
+    request_rate: float | str  # "inf" in JSON for a closed loop, as vLLM writes it
+    burstiness: float
+    errors: dict[str, int]
+    mean_ttft_ms: float
+    median_ttft_ms: float
+    std_ttft_ms: float
+    p90_ttft_ms: float
+    p99_ttft_ms: float
+    max_ttft_ms: float
+    mean_tpot_ms: float
+    median_tpot_ms: float
+    std_tpot_ms: float
+    p90_tpot_ms: float
+    p99_tpot_ms: float
+    max_tpot_ms: float
+    mean_itl_ms: float
+    median_itl_ms: float
+    std_itl_ms: float
+    p90_itl_ms: float
+    p99_itl_ms: float
+    max_itl_ms: float
+    mean_e2el_ms: float
+    median_e2el_ms: float
+    std_e2el_ms: float
+    p90_e2el_ms: float
+    p99_e2el_ms: float
+    max_e2el_ms: float
+    mean_ttft_from_schedule_ms: float
+    median_ttft_from_schedule_ms: float
+    std_ttft_from_schedule_ms: float
+    p90_ttft_from_schedule_ms: float
+    p99_ttft_from_schedule_ms: float
+    max_ttft_from_schedule_ms: float
+    mean_e2el_from_schedule_ms: float
+    median_e2el_from_schedule_ms: float
+    std_e2el_from_schedule_ms: float
+    p90_e2el_from_schedule_ms: float
+    p99_e2el_from_schedule_ms: float
+    max_e2el_from_schedule_ms: float
+    mean_schedule_lag_ms: float
+    median_schedule_lag_ms: float
+    std_schedule_lag_ms: float
+    p90_schedule_lag_ms: float
+    p99_schedule_lag_ms: float
+    max_schedule_lag_ms: float
+
+
+SUMMARY_KEYS: frozenset[str] = frozenset(Summary.__annotations__)
+
+
+class TokenCheck(TypedDict):
+    """Server-reported usage against the client's own counts (``RunResult.token_check``)."""
+
+    usage_reported: int
+    output_usage_tokens: int
+    output_chunk_tokens: int
+    output_usage_mismatch: int
+    input_checked: int
+    input_expected_tokens: int
+    input_usage_tokens: int
+    input_usage_mismatch: int
+
+
+# The top-level keys of a result file (RunResult.to_dict), and of its client-health object.
+RESULT_KEYS = frozenset({
+    "format_version", "label", "started_at", "workers", "summary", "token_check", "errors", "error_samples", "health",
+    "server_metrics", "gpu", "warnings", "config", "counters", "histograms",
+})
+HEALTH_KEYS = frozenset({
+    "cpu_percent", "cpu_s", "loop_lag_p99_ms", "loop_lag_max_ms", "schedule_lag_p99_ms", "bottleneck", "peak_rss_mb",
+    "warnings", "busy_intervals", "intervals",  # the last two: single-process runs only (merge_health drops them)
+    "start_late_s",  # one shard of a load across hosts: how late it reached the common start instant
+    "shards", "flagged",  # a merged multi-host result (hpload merge): one ShardEntry per shard; any shard flagged
+})
+
+
+# ---- one load across hosts (hpload run --shard, hpload merge) ----
+class ShardMeta(TypedDict):
+    """A shard's ``shard.json``, written last in its results directory (a directory without it is unfinished)."""
+
+    run_id: str
+    scenario_hash: str
+    index: int
+    count: int
+    host: str
+    start_at: float | None  # Unix seconds, as given to --start-at
+    start_mono_ns: int | None  # the same instant on this host's perf_counter_ns clock
+    start_late_s: float | None
+    point_id: str
+    status: str
+
+
+class ShardEntry(TypedDict):
+    """One shard in a merged result's ``health["shards"]`` and in ``shards.json``."""
+
+    index: int
+    host: str | None
+    dir: str
+    start_late_s: float | None
+    request_throughput: float
+    completed: int
+    health: dict[str, Any]  # that shard's own client health (HEALTH_KEYS)
+
+
+class ShardsInfo(TypedDict):
+    """``shards.json`` beside a merged result: which shards, how each fared, and why the run is flagged."""
+
+    run_id: str
+    scenario_hash: str
+    count: int
+    start_at: float | None
+    late_limit_s: float
+    achieved_rate_sum: float  # the shards' own request rates added up (vs the merged request_throughput)
+    flagged: bool
+    flags: list[str]  # one line per late or client-bound shard
+    shards: list[ShardEntry]
+
+
+SHARD_META_KEYS = frozenset(ShardMeta.__annotations__)
+SHARD_ENTRY_KEYS = frozenset(ShardEntry.__annotations__)
+SHARDS_INFO_KEYS = frozenset(ShardsInfo.__annotations__)
+
+# ---- counters: the merge rule ----
+# Counters that add across workers and deltas ...
+SUM_COUNTERS = (
+    "completed",
+    "failed",
+    "incomplete",
+    "warmup",
+    "total_input_tokens",
+    "total_output_tokens",
+    "good",
+    "usage_reported",
+    "output_chunk_tokens",
+    "output_usage_mismatch",
+    "input_checked",
+    "input_expected_tokens",
+    "input_usage_tokens",
+    "input_usage_mismatch",
+)
+# ... and the time bounds, which take the earliest first send and the latest finish instead.
+BOUND_COUNTERS: dict[str, Callable[[float, float], float]] = {"first_send_ns": min, "last_done_ns": max}
+
+
+def merge_counters(into: MutableMapping[str, float], part: Mapping[str, float]) -> None:
+    """Fold one worker's (or one delta's) counters into ``into``: sums add, bounds take min/max. The one rule used
+    by live deltas (Recorder.absorb) and by final results (RunResult.merge)."""
+    for key, value in part.items():
+        pick = BOUND_COUNTERS.get(key)
+        if pick is None:
+            into[key] = into.get(key, 0) + value
+        else:
+            into[key] = pick(into[key], value) if key in into else value
+
+
+def as_summary(values: dict[str, Any]) -> Summary:
+    """A summary built with computed keys, checked against the vocabulary (a typo fails here, not in a reader)."""
+    unknown = set(values) - SUMMARY_KEYS
+    if unknown:
+        raise KeyError(f"summary keys outside the vocabulary: {sorted(unknown)}")
+    return values  # type: ignore[return-value]

@@ -1,0 +1,4 @@
+from hpload.servers.echo.server import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
