@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("hpload.servers.cli", "start a server: the transformers wrapper (hf), the echo calibrator, or vLLM"),
     "tune": ("hpload.scenarios.cli_tune", "SLO-constrained tuning of server and load settings with Optuna"),
     "capacity": ("hpload.scenarios.cli_capacity", "the highest request rate each server sustains within an SLO"),
+    "merge": ("hpload.scenarios.cli_merge", "join the shards of one load run on several hosts into one result"),
     "compare": ("hpload.scenarios.cli_compare", "put result files side by side with deltas"),
     "report": ("hpload.scenarios.cli_report", "write a Markdown report with plots from a results directory"),
     "model": ("hpload.modelcli", "make a local model: a tiny random Llama, or a real architecture's shape"),

@@ -3,7 +3,9 @@
 Every server hpload starts runs in its own process group (vLLM forks an engine core and workers, so signalling only
 the parent would orphan them), writes to a log file (an undrained pipe would stall it once the buffer fills), and is
 kept in a registry so that SIGTERM, Ctrl-C or a normal exit of hpload stops every group: SIGTERM to the group, a
-bounded wait, then SIGKILL.
+bounded wait, then SIGKILL. A SIGKILLed hpload runs none of that, so each child also asks the kernel for SIGTERM
+when hpload dies (``PR_SET_PDEATHSIG``, see :mod:`hpload.pdeath`); the server's own SIGTERM handling then stops
+what it started.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def spawn(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ if env is None else env)
     full_env.setdefault("PYTHONUNBUFFERED", "1")  # log lines reach the file while the child runs, not at exit
+    from hpload.pdeath import die_with_parent
+
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(  # noqa: S603 - an argument list, never a shell
             list(argv),
@@ -126,6 +130,7 @@ def spawn(
             env=full_env,
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
     child = Child(popen, argv, log_path)
     with _registry_lock:

@@ -52,6 +52,16 @@ class Share:
     def split(self, n: int) -> int:
         return n // self.count + (1 if self.index < n % self.count else 0)
 
+    def count_in(self, lo: int, hi: int) -> int:
+        """How many of the load's request numbers lo..hi-1 are this process's (those equal to ``index`` modulo
+        ``count``), so that warm-up and measured requests split by number: the shares then add up to exactly the
+        single-process load, request for request."""
+
+        def below(n: int) -> int:
+            return 0 if n <= self.index else (n - self.index + self.count - 1) // self.count
+
+        return below(hi) - below(lo)
+
 
 def auth_headers(target: Target) -> dict[str, str]:
     return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
@@ -126,6 +136,7 @@ class LoadRun:
         requests_path: Path | None = None,
         share: Share = Share(),
         start_ns: int | None = None,
+        id_prefix: str | None = None,
     ) -> None:
         if not requests:
             raise ValueError("no requests to send")
@@ -140,13 +151,14 @@ class LoadRun:
         self.requests_path = requests_path
         self._out: IO[str] | None = None
         # Only with per-request records: an id is only worth sending when something keeps it.
-        self._id_prefix = f"hpload-{secrets.token_hex(4)}-" if requests_path is not None else ""
+        self._id_prefix = (id_prefix or f"hpload-{secrets.token_hex(4)}-") if requests_path is not None else ""
         self._inflight: dict[RequestRecord, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._issued = 0
         self._measured = 0  # requests issued outside the warm-up: num_requests counts these
-        self._warmup_n = share.split(load.warmup_requests)
-        self._limit_n = share.split(load.num_requests) if load.num_requests is not None else None
+        warm = load.warmup_requests
+        self._warmup_n = share.count_in(0, warm)
+        self._limit_n = share.count_in(warm, warm + load.num_requests) if load.num_requests is not None else None
         self._clients: list[httpx2.AsyncClient] = []
         self._t0 = 0
         self._end_ns = 0
@@ -186,6 +198,10 @@ class LoadRun:
         self._t0 = self.start_ns if self.start_ns is not None else now
         if self._t0 > now:
             await asyncio.sleep((self._t0 - now) / 1e9)
+            self.health = HealthMonitor()  # CPU % over the sending, not diluted by the wait for a shared start
+        # A shard that reaches the common start instant late keeps the common timeline (its backlog goes out at
+        # once, and schedule lag shows it); how late is kept so a merge can flag it.
+        start_late_s = max(0, perf_counter_ns() - self._t0) / 1e9 if self.start_ns is not None else None
         self._warm_end_ns = self._t0 + int(load.warmup_s * 1e9)
         measure_s = load.measure_s
         if load.steps:
@@ -210,6 +226,8 @@ class LoadRun:
         result = self.recorder.result(run_config(self.target, self.workload, load, self.slo), started_at)
         result.health = self.health.summary(sched_p99 if load.max_concurrency is None else 0.0)
         attach_workload_stats(result, self.requests, self._sends)
+        if start_late_s is not None:
+            result.health["start_late_s"] = start_late_s
         if self._drained:
             result.warnings.append(
                 f"{self._drained} requests still in flight {load.drain_timeout_s:g} s after the run's end were cut"

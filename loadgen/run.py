@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hpload.errors import HploadError
 from hpload.loadgen import prom
-from hpload.loadgen.loadrun import LoadRun, auth_headers, snapshot_publisher
+from hpload.loadgen.loadrun import LoadRun, Share, auth_headers, snapshot_publisher
 from hpload.loadgen.replay import attach_server as attach_server_stats
 from hpload.loadgen.result import RunResult
 from hpload.loadgen.snapshot import Observer
@@ -26,8 +26,15 @@ async def run_load(
     snapshot_interval_s: float = 0.5,
     stop: asyncio.Event | None = None,
     requests_path: Path | None = None,
+    share: Share | None = None,
+    start_ns: int | None = None,
+    id_prefix: str | None = None,
 ) -> RunResult:
     """Run one load against one target and return the result (also when ``stop`` ends it early).
+
+    ``share``, ``start_ns`` and ``id_prefix`` make this run one shard of a load split across hosts
+    (:mod:`hpload.scenarios.shards`): its part of the load, from that instant of ``perf_counter_ns``, with request
+    ids every shard derives alike.
 
     ``observer`` receives a :class:`~hpload.loadgen.snapshot.Snapshot` every ``snapshot_interval_s`` and a final one
     with ``phase == "done"``. ``requests_path`` gets one JSON line per request (one file per worker process), with
@@ -43,7 +50,7 @@ async def run_load(
 
         result = await run_workers(
             target, workload, load, slo=slo, observer=observer, snapshot_interval_s=snapshot_interval_s,
-            stop=stop, requests_path=requests_path,
+            stop=stop, requests_path=requests_path, share=share, start_ns=start_ns, id_prefix=id_prefix,
         )  # fmt: skip
     else:
         requests = await asyncio.to_thread(build_requests, workload, target)
@@ -52,7 +59,10 @@ async def run_load(
             from hpload.loadgen.sessions import SessionRun
 
             run_cls = SessionRun
-        run = run_cls(target, workload, load, requests, slo=slo, requests_path=requests_path)
+        run = run_cls(
+            target, workload, load, requests, slo=slo, requests_path=requests_path, share=share or Share(),
+            start_ns=start_ns, id_prefix=id_prefix,
+        )  # fmt: skip
         result = await run.execute(publish=snapshot_publisher(observer), snapshot_interval_s=snapshot_interval_s,
                                    stop=stop)
     after = await prom.scrape(metrics_url, headers) if before is not None else None

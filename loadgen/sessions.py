@@ -53,11 +53,17 @@ class SessionRun(LoadRun):
 
         async def slot() -> None:
             while not self._stop_sessions and perf_counter_ns() < self._end_ns:
-                n = self._sessions
-                self._sessions += 1
+                n = self._next_session()
                 await self._session(n, 0)
 
         await asyncio.gather(*(slot() for _ in slots))
+
+    def _next_session(self) -> int:
+        """The next session number of this shard's share: shards of one load (hpload.scenarios.shards) take every
+        N-th session, so no two hosts replay the same conversation and a session stays on one host."""
+        n = self._sessions * self.share.count + self.share.index
+        self._sessions += 1
+        return n
 
     async def _request_pool(self, size: int) -> None:
         """``session_load = "requests"``: ``size`` requests in flight; a session thinking holds no permit, so a new
@@ -69,9 +75,7 @@ class SessionRun(LoadRun):
             if self._stop_sessions:
                 self._permits.release()
                 break
-            n = self._sessions
-            self._sessions += 1
-            task = asyncio.create_task(self._session(n, 0, holds_permit=True))
+            task = asyncio.create_task(self._session(self._next_session(), 0, holds_permit=True))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -136,6 +136,8 @@ HEALTH_KEYS = frozenset({
     # for a CPU other processes held, and the verdict that the host, not the client, was the bottleneck
     "runq_wait_percent", "loop_lag_waiting_share", "starved",
     "warnings", "busy_intervals", "intervals",  # the last two: single-process runs only (merge_health drops them)
+    "start_late_s",  # one shard of a load across hosts: how late it reached the common start instant
+    "shards", "flagged",  # a merged multi-host result (hpload merge): one ShardEntry per shard; any shard flagged
 })
 # A capacity record (``capacity/<label>.json``, hpload.scenarios.capacity_run) and each of its probes.
 CAPACITY_KEYS = frozenset({
@@ -168,6 +170,53 @@ WORKLOAD_STATS_KEYS = frozenset({
     "prefix_groups", "prefix_len", "suffix_len", "requests", "ideal_hit_fraction",  # shared-prefix groups
     "input_len", "output_len", "sends", "prefix_cache", "server_prefix_cache", "sessions", "turns",
 })
+
+
+# ---- one load across hosts (hpload run --shard, hpload merge) ----
+class ShardMeta(TypedDict):
+    """A shard's ``shard.json``, written last in its results directory (a directory without it is unfinished)."""
+
+    run_id: str
+    scenario_hash: str
+    index: int
+    count: int
+    host: str
+    start_at: float | None  # Unix seconds, as given to --start-at
+    start_mono_ns: int | None  # the same instant on this host's perf_counter_ns clock
+    start_late_s: float | None
+    point_id: str
+    status: str
+
+
+class ShardEntry(TypedDict):
+    """One shard in a merged result's ``health["shards"]`` and in ``shards.json``."""
+
+    index: int
+    host: str | None
+    dir: str
+    start_late_s: float | None
+    request_throughput: float
+    completed: int
+    health: dict[str, Any]  # that shard's own client health (HEALTH_KEYS)
+
+
+class ShardsInfo(TypedDict):
+    """``shards.json`` beside a merged result: which shards, how each fared, and why the run is flagged."""
+
+    run_id: str
+    scenario_hash: str
+    count: int
+    start_at: float | None
+    late_limit_s: float
+    achieved_rate_sum: float  # the shards' own request rates added up (vs the merged request_throughput)
+    flagged: bool
+    flags: list[str]  # one line per late or client-bound shard
+    shards: list[ShardEntry]
+
+
+SHARD_META_KEYS = frozenset(ShardMeta.__annotations__)
+SHARD_ENTRY_KEYS = frozenset(ShardEntry.__annotations__)
+SHARDS_INFO_KEYS = frozenset(ShardsInfo.__annotations__)
 
 # ---- counters: the merge rule ----
 # Counters that add across workers and deltas ...

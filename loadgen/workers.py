@@ -44,18 +44,26 @@ async def run_workers(
     snapshot_interval_s: float,
     stop: asyncio.Event | None,
     requests_path: Path | None,
+    share: Share | None = None,
+    start_ns: int | None = None,
+    id_prefix: str | None = None,
 ) -> RunResult:
     ctx = mp.get_context("spawn")  # fork would copy the parent's event loop and threads
     n = load.workers
     q: Any = ctx.Queue()
     go = ctx.Event()
     halt = ctx.Event()
-    start_ns = ctx.Value("q", 0)
+    start_at = ctx.Value("q", 0)
     args = (target, workload.model_dump(), load.model_dump(), slo.model_dump() if slo else None, snapshot_interval_s)
+    # Inside a shard of a multi-host load, worker i of this host takes every (shards * workers)-th send.
+    base = share or Share()
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(i, n, *args, worker_requests_path(requests_path, i), q, go, halt, start_ns),
+            args=(
+                i, n, *args, worker_requests_path(requests_path, i), q, go, halt, start_at, (base.index, base.count),
+                id_prefix,
+            ),
             name=f"hpload-loadgen-{i}",
             daemon=True,
         )
@@ -89,7 +97,7 @@ async def run_workers(
                 if kind == "ready":
                     ready.add(idx)
                     if len(ready) == n:
-                        start_ns.value = perf_counter_ns() + int(START_MARGIN_S * 1e9)
+                        start_at.value = start_ns or perf_counter_ns() + int(START_MARGIN_S * 1e9)
                         go.set()
                 elif kind == "delta":
                     delta, health[idx], phase = payload
@@ -129,6 +137,9 @@ async def run_workers(
     merged.config = config
     merge_workload_stats(pieces, merged)
     merged.warnings += failures
+    if start_ns is not None:
+        late = [float(r.health.get("start_late_s", 0.0)) for r in results.values()]
+        merged.health["start_late_s"] = max(late, default=0.0)
     if observer is not None:
         _notify(observer, total.snapshot("done", _merged_health(health)))
     return merged
@@ -163,11 +174,14 @@ def _worker_main(
     go: MpEvent,
     halt: MpEvent,
     start_ns: Any,
+    base: tuple[int, int] = (0, 1),
+    id_prefix: str | None = None,
 ) -> None:
     try:
         asyncio.run(
             _worker(
-                index, count, target, workload_raw, load_raw, slo_raw, interval_s, requests_path, q, go, halt, start_ns
+                index, count, target, workload_raw, load_raw, slo_raw, interval_s, requests_path, q, go, halt, start_ns,
+                base, id_prefix,
             )
         )
     except BaseException as err:  # report any failure to the parent instead of dying silently
@@ -188,6 +202,8 @@ async def _worker(
     go: MpEvent,
     halt: MpEvent,
     start_ns: Any,
+    base: tuple[int, int] = (0, 1),
+    id_prefix: str | None = None,
 ) -> None:
     workload = WorkloadSpec.model_validate(workload_raw)
     load = LoadSpec.model_validate(load_raw)
@@ -199,7 +215,8 @@ async def _worker(
         return
     run = LoadRun(
         target, workload, load, requests, slo=slo, requests_path=requests_path,
-        share=Share(index, count), start_ns=int(start_ns.value) or None,
+        share=Share(base[0] + base[1] * index, base[1] * count), start_ns=int(start_ns.value) or None,
+        id_prefix=id_prefix,
     )  # fmt: skip
     stop = asyncio.Event()
 

@@ -63,6 +63,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also keep one JSON line per request (points/<point>.requests.jsonl)")
     parser.add_argument("--rerun", action="store_true", help="measure every point again, even finished ones")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+    shard = parser.add_argument_group("one load across hosts (docs/shards.md; join the results with 'hpload merge')")
+    shard.add_argument("--shard", metavar="I/N|auto",
+                       help="send host I's share (of N, from 0) of the scenario's one fixed load; auto: I from "
+                       "JOB_COMPLETION_INDEX (Kubernetes Indexed Job), N from --shards")
+    shard.add_argument("--shards", type=int, metavar="N", help="shard count, with --shard auto")
+    shard.add_argument("--start-at", metavar="TIME",
+                       help="when every shard starts: Unix seconds, ISO 8601, file:PATH or an http(s) URL (a barrier: "
+                       "wait until it holds one)")
+    shard.add_argument("--run-id", metavar="ID", help="one name for the shards of one run (default: from the "
+                       "scenario's hash and --start-at); request ids are ID-<index>")
 
 
 def server_table(spec: str, base: list[dict[str, Any]], model: str | None, tokenizer: str | None = None) -> dict[str, Any]:
@@ -188,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"hpload run: warning: {line}\n")
     results_dir = Path(args.results) if args.results else default_results_dir(scenario)
     progress = ConsoleProgress(quiet=args.quiet)
+    if args.shard is not None or args.shards is not None or args.start_at is not None:
+        from hpload.scenarios.shards import run_shard_cli
+
+        return run_shard_cli(args, scenario, results_dir, progress)
     where = loaded.path or scenario.name
     print(f"hpload run: {scenario.name} ({where}) -> {results_dir}", file=sys.stderr, flush=True)
     report = asyncio.run(

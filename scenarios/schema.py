@@ -85,6 +85,9 @@ class TuneSpec(_Strict):
     results directory, so a rerun resumes."""
     study_name: str | None = None
     """None = ``<scenario name>-<server label>``."""
+    heartbeat_s: int = Field(default=10, ge=1)
+    """Seconds between a trial's heartbeats in the storage; a trial silent for 3 beats (its host died) is failed and
+    its point queued again, by any process sharing the study."""
     space: TuneSpace = Field(default_factory=TuneSpace)
     defaults: dict[str, Any] = Field(default_factory=dict)
     """The engine's defaults, measured first, keyed like the space (``"server.max_num_seqs" = 256``); settings the

@@ -28,6 +28,7 @@ from hpload.scenarios.results import PointRecord, ResultStore
 from hpload.scenarios.runner import QuietListener, RunListener, ServerKeeper, default_results_dir, make_record, measure
 from hpload.scenarios.schema import Scenario, TuneSpec
 from hpload.scenarios.space import ParamSpec, Scalar
+from hpload.scenarios.tune_heartbeat import beating, fail_stale, settle
 from hpload.scenarios.tuning import REPEATS_BEFORE_EXPLORING, Outcome, Proposal, Tuner
 from hpload.servers.kinds import ServerSettings
 
@@ -133,6 +134,7 @@ async def tune_server(
         study_name=study_name,
         defaults=[defaults] if defaults else None,
         n_startup_trials=tune.n_startup_trials,
+        heartbeat_s=tune.heartbeat_s,
     )
     report = StudyReport(label=base.label, study_name=study_name, storage=storage)
     progress = PointProgress(store.points_dir, listener, observer)
@@ -144,12 +146,14 @@ async def tune_server(
         for _ in range(tune.n_trials * 20):
             if tuner.n_measured >= tune.n_trials or (stop is not None and stop.is_set()):
                 break
+            await asyncio.to_thread(fail_stale, tuner.study)  # a dead host's trial is failed and its point re-queued
             proposal: Proposal = await asyncio.to_thread(tuner.ask)
             server, workload, load = apply_settings(
                 base, scenario.workload, scenario.load, dict(proposal.params), f"tune ({base.label})"
             )
             point = Point(server=server, workload=workload, load=load, settings=dict(proposal.params))
-            outcome, reused = await _outcome_for(tuner, proposal, point, store, keeper, scenario, progress, stop)
+            with beating(tuner.study, proposal.trial):
+                outcome, reused = await _outcome_for(tuner, proposal, point, store, keeper, scenario, progress, stop)
             if outcome is None:  # stopped mid-measurement: the trial stays open and is re-queued on resume
                 break
             await asyncio.to_thread(tuner.tell, proposal, outcome)
@@ -168,6 +172,7 @@ async def tune_server(
         progress.end()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(keeper.close())
+    await asyncio.to_thread(settle, tuner.study)
     report.best = await asyncio.to_thread(tuner.best)
     if report.default_value is None and defaults:
         for params, outcome in _told(tuner):

@@ -108,16 +108,19 @@ def make_sampler(
     raise HploadError(f"tune.sampler: unknown sampler '{name}'; fix: use one of {', '.join(SAMPLERS)}")
 
 
-def _open_study(storage: str | None, sampler: Any, study_name: str) -> optuna.Study:
+def _open_study(storage: str | None, sampler: Any, study_name: str, heartbeat_s: int | None = None) -> optuna.Study:
     """Create or join the study. Several machines starting together race to create the schema on an empty
     database; the loser's error is transient, so it retries after the winner has finished."""
     import optuna
     import sqlalchemy.exc
 
+    from hpload.scenarios.tune_heartbeat import heartbeat_storage
+
     for attempt in range(6):
         try:
             return optuna.create_study(
-                storage=storage, sampler=sampler, study_name=study_name, direction="maximize", load_if_exists=True
+                storage=heartbeat_storage(storage, heartbeat_s) if heartbeat_s else storage, sampler=sampler,
+                study_name=study_name, direction="maximize", load_if_exists=True,
             )
         except sqlalchemy.exc.SQLAlchemyError:
             if attempt == 5:
@@ -168,6 +171,7 @@ class Tuner:
         study_name: str = "hpload",
         defaults: list[dict[str, Scalar]] | None = None,
         n_startup_trials: int | None = None,
+        heartbeat_s: int | None = None,
     ) -> None:
         import optuna
 
@@ -177,7 +181,8 @@ class Tuner:
         self.space = dict(space)
         self.sampler_name = sampler
         self.study = _open_study(
-            storage, make_sampler(sampler, self.space, seed=seed, n_startup_trials=n_startup_trials), study_name
+            storage, make_sampler(sampler, self.space, seed=seed, n_startup_trials=n_startup_trials), study_name,
+            heartbeat_s,
         )
         self._memory: dict[tuple[tuple[str, Scalar], ...], Outcome] = {}
         self._recover_stale()

@@ -96,6 +96,10 @@ class EchoSettings(_Strict):
         default=0.02, ge=0, description="batching: step time added per prompt token admitted in the step")
     served_model_name: str = "echo"
     host: str = "127.0.0.1"
+    allow_remote: bool = Field(
+        default=False, description="let host be an address other than loopback (e.g. a test network namespace's own)")
+    """The echo server refuses a non-loopback bind without it: the one exception to hpload's loopback-only rule,
+    for tests that reach it from other network namespaces (tests/test_shards_netns.py)."""
     port: int | None = Field(default=None, ge=0, le=65535)
     api_key: SecretStr | None = None
     startup_timeout_s: float = Field(default=30.0, gt=0)

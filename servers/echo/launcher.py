@@ -14,7 +14,7 @@ def echo_argv(settings: EchoSettings, port: int) -> list[str]:
     s = settings
     return [
         sys.executable, "-m", "hpload.servers.echo",
-        "--host", s.host, "--port", str(port),
+        "--host", s.host, *(["--allow-remote"] if s.allow_remote else []), "--port", str(port),
         "--ttft-ms", str(s.ttft_ms), "--itl-ms", str(s.itl_ms),
         "--output-tokens", str(s.output_tokens), "--model", s.served_model_name,
         *(["--precise"] if s.precise else []),

@@ -811,6 +811,8 @@ def _parser() -> argparse.ArgumentParser:
     defaults = EchoSettings()  # the echo defaults have one home: the settings model
     p = argparse.ArgumentParser(prog="python -m hpload.servers.echo", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default=defaults.host)
+    p.add_argument("--allow-remote", action="store_true", default=defaults.allow_remote,
+                   help=EchoSettings.model_fields["allow_remote"].description)
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--ttft-ms", type=float, default=defaults.ttft_ms, help="delay from request to first token")
     p.add_argument("--itl-ms", type=float, default=defaults.itl_ms, help="delay between tokens")
@@ -829,8 +831,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        _parser().error("--host: the echo server binds loopback only; fix: use 127.0.0.1")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        _parser().error("--host: the echo server binds loopback only; fix: use 127.0.0.1 (or add --allow-remote)")
     if args.output_tokens < 1 or args.ttft_ms < 0 or args.itl_ms < 0:
         _parser().error("--output-tokens must be >= 1 and --ttft-ms/--itl-ms >= 0")
     if args.trace is not None:
