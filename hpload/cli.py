@@ -21,7 +21,7 @@ from hpload.errors import HploadError, one_line
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("hpload.scenarios.cli_run", "run a scenario file headless (or drive one server from flags alone)"),
     "tui": ("hpload.tui.cli", "live latency histograms, throughput and GPU telemetry in the terminal"),
-    "serve": ("hpload.servers.cli", "start a server: the transformers wrapper (hf), the echo calibrator, or vLLM"),
+    "serve": ("hpload.servers.cli", "start a server: vLLM, HF's transformers serve, hpload's transformers wrapper (hf), or the echo calibrator"),
     "tune": ("hpload.scenarios.cli_tune", "SLO-constrained tuning of server and load settings with Optuna"),
     "capacity": ("hpload.scenarios.cli_capacity", "the highest request rate each server sustains within an SLO"),
     "merge": ("hpload.scenarios.cli_merge", "join the shards of one load run on several hosts into one result"),
