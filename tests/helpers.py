@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+
+from hpload.servers import Server
 
 # The one place that sets how patient the tests are while they wait for a state (a server ready, a point written,
 # a request recorded, a process gone). A cold first start (empty page cache, first imports) or a busy core makes
@@ -106,3 +109,22 @@ class EchoProc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+
+
+def start_server(server: Server) -> Server:
+    """Start and wait for readiness synchronously; stops the server again if readiness fails."""
+
+    async def _up() -> None:
+        await server.start()
+        try:
+            await server.wait_ready(server.startup_timeout_s)
+        except BaseException:
+            await server.stop()
+            raise
+
+    asyncio.run(_up())
+    return server
+
+
+def stop_server(server: Server) -> None:
+    asyncio.run(server.stop())
