@@ -112,17 +112,9 @@ class EchoProc:
 
 
 def start_server(server: Server) -> Server:
-    """Start and wait for readiness synchronously; stops the server again if readiness fails."""
-
-    async def _up() -> None:
-        await server.start()
-        try:
-            await server.wait_ready(server.startup_timeout_s)
-        except BaseException:
-            await server.stop()
-            raise
-
-    asyncio.run(_up())
+    """Start and wait for readiness synchronously: the server's own ``async with`` entry, which stops it again if
+    readiness fails."""
+    asyncio.run(server.__aenter__())
     return server
 
 
