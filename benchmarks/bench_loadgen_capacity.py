@@ -57,6 +57,8 @@ def start_echo(tokens: int, itl_ms: float, log: Path) -> tuple[subprocess.Popen[
         if m:
             return proc, f"http://127.0.0.1:{m.group(1)}"
         time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(5)
     raise RuntimeError(log.read_text())
 
 

@@ -19,37 +19,22 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_loadgen_capacity import start_echo  # the script's folder is on sys.path
 
 SERVER_CORE, CLIENT_CORE = "1", "0"
 
 
 def _taskset(core: str) -> list[str]:
     return ["taskset", "-c", core] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
-
-
-def start_echo(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    cmd = [*_taskset(SERVER_CORE), sys.executable, "-m", "hpload.servers.echo", "--port", "0", "--ttft-ms", "1",
-           "--itl-ms", "1", "--output-tokens", "4"]  # fmt: skip
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(300):
-        m = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
-        if m:
-            return proc, f"http://127.0.0.1:{m.group(1)}"
-        time.sleep(0.05)
-    stop(proc)
-    raise RuntimeError(log.read_text())
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -120,7 +105,7 @@ def main() -> None:
           f" echo on core {SERVER_CORE}, client on core {CLIENT_CORE}; trace gamma shape {args.shape}")  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        proc, url = start_echo(tmp / "echo.log")
+        proc, url = start_echo(4, 1, tmp / "echo.log")
         try:
             head = (f"{'rate':>6} {'run':>8} {'sent':>6} {'achieved':>9} {'delay p50':>10} {'p99':>8} {'max':>8}"
                     f" {'KS gaps':>8}")  # fmt: skip

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpload.errors import HploadError
+
+if TYPE_CHECKING:
+    from hpload.loadgen.specs import WorkloadSpec
 
 _WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which but have an they"
@@ -34,3 +37,16 @@ def load_tokenizer(path: str | Path) -> Any:
     if not file.is_file():
         raise HploadError(f"tokenizer_path: no tokenizer.json at {p}; fix: point it at a model directory")
     return Tokenizer.from_file(str(file))
+
+
+def stream_and_sampling(spec: WorkloadSpec) -> dict[str, Any]:
+    """The body fields every request of ``spec`` carries whatever its prompt: streaming and sampling."""
+    body: dict[str, Any] = {}
+    if spec.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if spec.temperature is not None:
+        body["temperature"] = spec.temperature
+    if spec.top_p is not None:
+        body["top_p"] = spec.top_p
+    return body

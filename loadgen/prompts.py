@@ -18,7 +18,7 @@ import json
 import random
 from typing import Any
 
-from hpload.loadgen.prepared import _WORDS, PreparedRequest, load_tokenizer
+from hpload.loadgen.prepared import _WORDS, PreparedRequest, load_tokenizer, stream_and_sampling
 from hpload.loadgen.specs import Target, WorkloadSpec
 
 
@@ -62,13 +62,7 @@ class PromptMaker:
             expected = len(ids)
         else:
             body["prompt"] = self.text(ids)
-        if spec.stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        if spec.temperature is not None:
-            body["temperature"] = spec.temperature
-        if spec.top_p is not None:
-            body["top_p"] = spec.top_p
+        body.update(stream_and_sampling(spec))
         if (output_len is not None and spec.output_hold == "ignore_eos") or spec.ignore_eos:
             body["ignore_eos"] = True
         if output_len is not None and spec.output_hold == "min_tokens":

@@ -8,7 +8,7 @@ send times, whatever the client's speed. Warm-up sends are part of the schedule 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,24 +69,35 @@ def open_loop_schedule(load: LoadSpec) -> tuple[list[int], int]:
         horizon_s = load.ramp_s + sum(s.duration_s for s in load.steps)
     elif load.duration_s is not None:
         horizon_s = load.warmup_s + load.duration_s
+    return send_offsets(_open_loop_times(load, segs), load, horizon_s)
+
+
+def _open_loop_times(load: LoadSpec, segs: list[Segment]) -> Iterator[float]:
     rng = np.random.default_rng(load.seed)
-    offsets: list[int] = []
-    warm = 0
-    measured = 0
+    first = True
     u = 0.0  # cumulative unit-rate mass consumed so far
     seg_i, seg_start_s, seg_mass_start = 0, 0.0, 0.0
     for gap in _unit_gaps(load, rng):
         # The first send goes out at t=0 for constant arrivals (gap counted after it), like vLLM's client.
-        if offsets or load.arrival != "constant":
+        if not first or load.arrival != "constant":
             u += gap
+        first = False
         while seg_i < len(segs) - 1 and u > seg_mass_start + segs[seg_i].mass():
             seg_mass_start += segs[seg_i].mass()
             seg_start_s += segs[seg_i].duration_s
             seg_i += 1
         seg = segs[seg_i]
         if seg_i == len(segs) - 1 and not math.isinf(seg.duration_s) and u > seg_mass_start + seg.mass():
-            break
-        t = seg_start_s + seg.time_for(u - seg_mass_start)
+            return
+        yield seg_start_s + seg.time_for(u - seg_mass_start)
+
+
+def send_offsets(times_s: Iterable[float], load: LoadSpec, horizon_s: float) -> tuple[list[int], int]:
+    """(send offsets in ns, count of leading warm-up sends) for send times in order: cut at ``horizon_s`` and after
+    ``load.num_requests`` measured sends; the leading sends before ``warmup_s`` or ``warmup_requests`` warm up."""
+    offsets: list[int] = []
+    warm = measured = 0
+    for t in times_s:
         if t >= horizon_s:
             break
         in_warmup = t < load.warmup_s or len(offsets) < load.warmup_requests

@@ -27,6 +27,7 @@ from typing import Any
 
 from hpload.errors import HploadError
 from hpload.loadgen.prepared import PreparedRequest
+from hpload.loadgen.schedule import send_offsets
 from hpload.loadgen.specs import LoadSpec, Target, WorkloadSpec
 
 FORMATS = ("mooncake", "azure", "burstgpt", "hpload")
@@ -272,22 +273,9 @@ def replay_schedule(requests: list[PreparedRequest], load: LoadSpec) -> tuple[li
     """(send offsets in ns, leading warm-up count) for ``load.replay``: the requests' own times, cut by the
     load's duration and request count like any open-loop schedule."""
     horizon = load.warmup_s + load.duration_s if load.duration_s is not None else math.inf
-    offsets: list[int] = []
-    warm = measured = 0
     if any(req.at_s is None for req in requests):
         raise HploadError("load.replay: the workload's requests carry no times; fix: use source = 'trace'")
-    times = retime([req.at_s or 0.0 for req in requests], load)
-    for i, t in enumerate(times):
-        if t >= horizon:
-            break
-        if (t < load.warmup_s or i < load.warmup_requests) and measured == 0:
-            warm += 1
-        else:
-            measured += 1
-        offsets.append(int(t * 1e9))
-        if load.num_requests is not None and measured >= load.num_requests:
-            break
-    return offsets, warm
+    return send_offsets(retime([req.at_s or 0.0 for req in requests], load), load, horizon)
 
 
 def shared_prefix(spec: WorkloadSpec, target: Target) -> RequestSet:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpload.errors import HploadError
-from hpload.loadgen.prepared import _WORDS, PreparedRequest, load_tokenizer
+from hpload.loadgen.prepared import _WORDS, PreparedRequest, load_tokenizer, stream_and_sampling
 from hpload.loadgen.specs import Target, WorkloadSpec
 
 __all__ = ["PreparedRequest", "build_requests", "endpoint_path", "load_tokenizer"]
@@ -139,13 +139,7 @@ def _body(spec: WorkloadSpec, target: Target, item: dict[str, Any]) -> dict[str,
             # A chat-style line on the completions endpoint: join the contents.
             prompt = "\n".join(str(m.get("content", "")) for m in item["messages"])
         body["prompt"] = prompt
-    if spec.stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    if spec.temperature is not None:
-        body["temperature"] = spec.temperature
-    if spec.top_p is not None:
-        body["top_p"] = spec.top_p
+    body.update(stream_and_sampling(spec))
     if spec.ignore_eos:
         body["ignore_eos"] = True
     if spec.return_token_ids:

@@ -17,14 +17,13 @@ whole process group at session end, and each server's log lands under pytest's s
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_s
+from helpers import start_server, stop_server, wait_s
 from hypothesis import settings
 
 from hpload.servers import EchoSettings, HFSettings, Server, VllmSettings, make_server
@@ -39,25 +38,6 @@ if os.environ.get("CI"):
 # child inherits that: the tests that press Ctrl-C on hpload need it delivered, as at a terminal.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def start_server(server: Server) -> Server:
-    """Start and wait for readiness synchronously; stops the server again if readiness fails."""
-
-    async def _up() -> None:
-        await server.start()
-        try:
-            await server.wait_ready(server.startup_timeout_s)
-        except BaseException:
-            await server.stop()
-            raise
-
-    asyncio.run(_up())
-    return server
-
-
-def stop_server(server: Server) -> None:
-    asyncio.run(server.stop())
 
 
 @pytest.fixture(scope="session")

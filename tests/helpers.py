@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+
+from hpload.servers import Server
 
 # The one place that sets how patient the tests are while they wait for a state (a server ready, a point written,
 # a request recorded, a process gone). A cold first start (empty page cache, first imports) or a busy core makes
@@ -68,3 +73,50 @@ def point_in_progress(results: Path, *, measured: int = 1) -> dict[str, object] 
         if state.get("state") == "measuring" and int(state.get("requests_completed") or 0) >= measured:
             return dict(state)
     return None
+
+
+class EchoProc:
+    """``python -m hpload.servers.echo`` on a free port, its output in a log file, its process group killed after."""
+
+    def __init__(self, log: Path, *args: str, trace: Path | None = None) -> None:
+        self.log = log
+        self.trace = trace
+        if trace is not None:
+            args = (*args, "--trace", str(trace))
+        with log.open("w") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hpload.servers.echo", "--port", "0", *args],
+                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + wait_s(30)
+        while time.monotonic() < deadline:
+            m = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
+            if m:
+                self.url = f"http://127.0.0.1:{m.group(1)}"
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"echo server did not start: {log.read_text()[-500:]}")
+
+    def stop(self) -> None:
+        """SIGTERM: the server flushes its trace on the way out."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def start_server(server: Server) -> Server:
+    """Start and wait for readiness synchronously: the server's own ``async with`` entry, which stops it again if
+    readiness fails."""
+    asyncio.run(server.__aenter__())
+    return server
+
+
+def stop_server(server: Server) -> None:
+    asyncio.run(server.stop())

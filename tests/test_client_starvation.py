@@ -3,13 +3,13 @@ the warning says so (and does not tell the user to add workers)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
+from helpers import start_server, stop_server
 
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.loadgen.health import verdict
@@ -19,17 +19,11 @@ from hpload.servers import EchoSettings, Server, make_server
 
 @pytest.fixture(scope="module")
 def echo() -> Iterator[Server]:
-    server = make_server(EchoSettings(ttft_ms=20, itl_ms=5, output_tokens=20))
-
-    async def up() -> None:
-        await server.start()
-        await server.wait_ready(30)
-
-    asyncio.run(up())
+    server = start_server(make_server(EchoSettings(ttft_ms=20, itl_ms=5, output_tokens=20)))
     try:
         yield server
     finally:
-        asyncio.run(server.stop())
+        stop_server(server)
 
 
 def test_verdict_tells_a_busy_client_from_a_starved_one() -> None:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import signal
 import socket
 import struct
 import subprocess
@@ -18,44 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import wait_s
+from helpers import EchoProc
 
 from hpload.loadgen.sse import SSEDecoder
-
-
-class EchoProc:
-    """``python -m hpload.servers.echo`` on a free port, its output in a log file, its process group killed after."""
-
-    def __init__(self, log: Path, *args: str, trace: Path | None = None) -> None:
-        self.log = log
-        self.trace = trace
-        if trace is not None:
-            args = (*args, "--trace", str(trace))
-        with log.open("w") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hpload.servers.echo", "--port", "0", *args],
-                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + wait_s(30)
-        while time.monotonic() < deadline:
-            m = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
-            if m:
-                self.url = f"http://127.0.0.1:{m.group(1)}"
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"echo server did not start: {log.read_text()[-500:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,13 @@ equal what the server sent, exactly, and its TTFT and every ITL match the server
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers import EchoProc
 
 from hpload.loadgen import LoadSpec, Target, WorkloadSpec, run_load
 from hpload.loadgen.starvation import RunQueueMeter
@@ -30,42 +25,13 @@ P99_ERROR_MS = 0.05
 STARVED_WAIT_PERCENT = 5.0
 
 
-class Echo:
-    def __init__(self, tmp: Path, chunks: str) -> None:
-        self.log, self.trace = tmp / f"echo-{chunks}.log", tmp / f"trace-{chunks}.jsonl"
-        argv = [sys.executable, "-m", "hpload.servers.echo", "--port", "0", "--precise", "--ttft-ms", str(TTFT_MS),
-                "--itl-ms", str(ITL_MS), "--chunks", chunks, "--trace", str(self.trace)]  # fmt: skip
-        with self.log.open("w") as fh:
-            self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            m = re.search(r"http://127\.0\.0\.1:(\d+)", self.log.read_text())
-            if m:
-                self.url = f"http://127.0.0.1:{m.group(1)}"
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"echo did not start: {self.log.read_text()[-400:]}")
-
-    def stop(self) -> None:
-        """SIGTERM: the server flushes its trace on the way out."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-
 @pytest.fixture
 def echo_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Echo] = []
+    started: list[EchoProc] = []
 
-    def make(chunks: str) -> Echo:
-        started.append(Echo(tmp_path, chunks))
+    def make(chunks: str) -> EchoProc:
+        started.append(EchoProc(tmp_path / f"echo-{chunks}.log", "--precise", "--ttft-ms", str(TTFT_MS),
+                                "--itl-ms", str(ITL_MS), "--chunks", chunks, trace=tmp_path / f"trace-{chunks}.jsonl"))  # fmt: skip
         return started[-1]
 
     yield make

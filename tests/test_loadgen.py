@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import wait_s
+from helpers import start_server, stop_server, wait_s
 from pydantic import ValidationError
 
 from hpload.loadgen import SLO, LoadSpec, LoadStep, RunResult, Target, WorkloadSpec, format_table, run_load
@@ -27,18 +27,12 @@ TTFT_MS, ITL_MS, TOKENS = 40.0, 8.0, 12
 
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = make_server(EchoSettings(ttft_ms=TTFT_MS, itl_ms=ITL_MS, output_tokens=TOKENS, startup_timeout_s=wait_s(60)),
-                         workdir=tmp_path_factory.mktemp("echo"))  # fmt: skip
-
-    async def up() -> None:
-        await server.start()
-        await server.wait_ready(30)
-
-    asyncio.run(up())
+    server = start_server(make_server(EchoSettings(ttft_ms=TTFT_MS, itl_ms=ITL_MS, output_tokens=TOKENS, startup_timeout_s=wait_s(60)),
+                                      workdir=tmp_path_factory.mktemp("echo")))  # fmt: skip
     try:
         yield server
     finally:
-        asyncio.run(server.stop())
+        stop_server(server)
 
 
 def echo_target(server: Server) -> Target:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from time import perf_counter_ns
 from typing import Any
 
 PATTERNS = ("plain", "multi", "empty", "role", "usage-last", "no-usage", "mixed")
@@ -90,54 +89,8 @@ def encode(write: Write) -> bytes:
     return body
 
 
-class PatternStream:
-    """One streamed reply following a plan: write ``j`` at ``arrival + ttft + j * itl``, traced like the plain one."""
-
-    def __init__(self, conn: Any, writes: list[Write], arrival_ns: int, request_id: str | None, prompt_tokens: int,
-                 head: bytes, chunk: Any) -> None:  # fmt: skip
-        self.conn = conn
-        self.payloads = [chunk(encode(w)) for w in writes]
-        self.payloads[-1] += b"0\r\n\r\n"
-        self.head = head
-        self.n = sum(w.tokens for w in writes)
-        self.arrival_ns = arrival_ns
-        self.first_ns = arrival_ns + conn.shared.config.ttft_ns
-        self.request_id = request_id
-        self.prompt_tokens = prompt_tokens
-        self.i = 0
-        self.writes: list[int] | None = [] if conn.shared.trace is not None else None
-        # Just after each send(): a write reached the peer's kernel between the two stamps (on loopback the receive
-        # stamp is taken inside send()), so a golden test can bracket it even when this process was preempted.
-        self.sent: list[int] = []
-
-    def start(self) -> None:
-        self.conn.timer = self.conn.shared.call_at(self.first_ns, self.send)
-
-    def send(self) -> None:
-        conn = self.conn
-        if conn.closed:
-            return
-        shared = conn.shared
-        i = self.i
-        due_ns = self.first_ns + i * shared.config.itl_ns
-        now = perf_counter_ns()
-        if now < due_ns:
-            conn.timer = shared.call_at(due_ns, self.send)
-            return
-        data = self.payloads[i]
-        conn._write(self.head + data if i == 0 else data)
-        if self.writes is not None:
-            self.sent.append(perf_counter_ns())
-            self.writes.append(now)
-        shared.stats.late_pending_ns.append(now - due_ns)
-        if i == 0:
-            shared.stats.observe_ttft((now - self.arrival_ns) / 1e9)
-        if i < len(self.payloads) - 1:
-            if not conn.closed:
-                self.i = i + 1
-                conn.timer = shared.call_at(due_ns + shared.config.itl_ns, self.send)
-            return
-        shared.stats.finished(self.prompt_tokens, self.n)
-        if shared.trace is not None and self.writes is not None and not conn.closed:
-            shared.trace.add(self.request_id, self.arrival_ns, self.writes, self.sent)
-        conn._done()
+def payloads(writes: list[Write], chunk: Any) -> list[bytes]:
+    """A plan's writes as the HTTP chunks a stream sends (``chunk`` frames one), the last one closing the body."""
+    out = [chunk(encode(w)) for w in writes]
+    out[-1] += b"0\r\n\r\n"
+    return out

@@ -470,8 +470,9 @@ class EchoConnection:
             writes = echo_chunks.plan(cfg.chunks, chat, n, include_usage, bool(body.get("return_token_ids")),
                                       prompt_tokens, cfg.model)  # fmt: skip
             self.busy = True
-            echo_chunks.PatternStream(self, writes, arrival_ns, headers.get("x-request-id"), prompt_tokens,
-                                      _STREAM_HEAD, _chunk).start()  # fmt: skip
+            # Traced with each write's after-send stamp too, so a golden test can bracket it.
+            _Stream(self, sum(w.tokens for w in writes), echo_chunks.payloads(writes, _chunk), arrival_ns,
+                    headers.get("x-request-id"), prompt_tokens, sent=True).start()  # fmt: skip
         elif body.get("stream"):
             self._stream(chat, n, prompt_tokens, include_usage, arrival_ns, headers.get("x-request-id"))
         else:
@@ -494,7 +495,7 @@ class EchoConnection:
             shared.batcher.submit(echo_batching.BatchedStream(
                 self, n, prompt_tokens, arrival_ns, head=_STREAM_HEAD, token=token, tail=tail, request_id=request_id))
             return
-        _Stream(self, n, token, tail, arrival_ns, request_id, prompt_tokens).start()
+        _Stream(self, n, [token] * (n - 1) + [tail], arrival_ns, request_id, prompt_tokens).start()
 
     def _whole(self, chat: bool, n: int, prompt_tokens: int, arrival_ns: int) -> None:
         cfg = self.shared.config
@@ -546,28 +547,32 @@ def _event(model: str, chat: bool, choice_extra: dict[str, Any] | None, usage: d
 
 
 class _Stream:
-    """One streamed reply's timed writes: token ``i`` at ``arrival + ttft + i * itl``.
+    """One streamed reply's timed writes: ``payloads[i]`` at ``arrival + ttft + i * itl`` (``n`` tokens in all; a
+    ``--chunks`` pattern may carry several, or none, in one write).
 
     An object with slots rather than a closure: a closure that re-arms itself is a reference cycle per request, and
     collecting thousands of them (with their cells) paused the loop ~0.5 ms at a time while serving.
     """
 
-    __slots__ = ("arrival_ns", "conn", "first_ns", "i", "n", "prompt_tokens", "request_id", "tail", "token", "writes")
+    __slots__ = ("arrival_ns", "conn", "first_ns", "i", "n", "payloads", "prompt_tokens", "request_id", "sent",
+                 "writes")  # fmt: skip
 
     def __init__(
-        self, conn: EchoConnection, n: int, token: bytes, tail: bytes, arrival_ns: int, request_id: str | None,
-        prompt_tokens: int,
+        self, conn: EchoConnection, n: int, payloads: list[bytes], arrival_ns: int, request_id: str | None,
+        prompt_tokens: int, sent: bool = False,
     ) -> None:  # fmt: skip
         self.conn = conn
         self.n = n
-        self.token = token
-        self.tail = tail
+        self.payloads = payloads
         self.arrival_ns = arrival_ns
         self.first_ns = arrival_ns + conn.shared.config.ttft_ns
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self.i = 0
         self.writes: list[int] | None = [] if conn.shared.trace is not None else None
+        # Just after each send(): a write reached the peer's kernel between the two stamps (on loopback the receive
+        # stamp is taken inside send()), so a golden test can bracket it even when this process was preempted.
+        self.sent: list[int] | None = [] if sent and self.writes is not None else None
 
     def start(self) -> None:
         self.conn.timer = self.conn.shared.call_at(self.first_ns, self.send)
@@ -584,9 +589,10 @@ class _Stream:
             # The loop compares float seconds and may wake a few ns early: a write is never early.
             conn.timer = shared.call_at(due_ns, self.send)
             return
-        final = i == self.n - 1
-        data = self.tail if final else self.token
+        data = self.payloads[i]
         conn._write(_STREAM_HEAD + data if i == 0 else data)
+        if self.sent is not None:
+            self.sent.append(perf_counter_ns())
         # Bookkeeping after the send, so that `now` stays the moment just before it.
         stats = shared.stats
         stats.late_pending_ns.append(now - due_ns)
@@ -594,7 +600,7 @@ class _Stream:
             self.writes.append(now)
         if i == 0:
             stats.observe_ttft((now - self.arrival_ns) / 1e9)
-        if not final:
+        if i < len(self.payloads) - 1:
             if not conn.closed:
                 self.i = i + 1
                 # Chained, but each deadline is absolute: a late write never delays the ones after it.
@@ -602,7 +608,7 @@ class _Stream:
             return
         stats.finished(self.prompt_tokens, self.n)
         if shared.trace is not None and self.writes is not None and not conn.closed:  # closed: the last send failed
-            shared.trace.add(self.request_id, self.arrival_ns, self.writes)
+            shared.trace.add(self.request_id, self.arrival_ns, self.writes, self.sent)
         conn._done()
 
 
