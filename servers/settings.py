@@ -35,7 +35,7 @@ class VllmSettings(_Strict):
     enable_chunked_prefill: bool | None = Field(
         default=None, description="split long prefills into chunks that share steps with decodes (None: vLLM's choice)")
     api_server_count: int | None = Field(
-        default=None, ge=1, description="API server processes in front of the engine (vLLM >= 0.9; None: vLLM's choice)")
+        default=None, ge=1, description="API server processes in front of the engine (None: vLLM's choice)")
     async_scheduling: bool | None = Field(
         default=None, description="schedule the next step while the current one runs (where vLLM has it)")
     load_format: str | None = None  # "dummy" gives a real architecture with random weights

@@ -76,6 +76,21 @@ def test_a_setting_the_installed_vllm_lacks_is_rejected_before_start(monkeypatch
     check_space_supported(VllmSettings(), {"server.api_server_count": ParamSpec(values=[1, 2])})
 
 
+def test_vllm_capacity_settings_reach_the_command_line(tiny_model: Path) -> None:
+    from hpload.servers import make_server
+
+    settings = VllmSettings(model=str(tiny_model), api_server_count=2, async_scheduling=True,
+                            enable_chunked_prefill=False)  # fmt: skip
+    argv = make_server(settings).argv(12345)  # type: ignore[attr-defined]
+    # Only `vllm serve` runs several API server processes.
+    assert argv[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", str(tiny_model)]
+    joined = " ".join(argv)
+    for piece in ("--api-server-count 2", "--async-scheduling", "--no-enable-chunked-prefill", "--port 12345"):
+        assert piece in joined
+    plain = make_server(VllmSettings(model=str(tiny_model))).argv(1)  # type: ignore[attr-defined]
+    assert plain[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "--async-scheduling" not in plain
+
+
 VLLM_SCENARIO = """
 name = "cap-tune-vllm"
 [[servers]]
