@@ -65,6 +65,27 @@ async def test_tunes_the_calibrated_server_within_5_percent_of_the_best(tmp_path
     assert any(t["stage"] == "coarse" for t in study["trials"])
 
 
+async def test_engine_defaults_outside_the_space_are_measured_first(tmp_path: Path) -> None:
+    # The server's own max_batch (16) is not a value of the space: the study cannot name it, so it is measured
+    # first, outside the sampler, and the gain is reported over it.
+    scenario = Scenario(
+        name="cap-tune-defaults", servers=[EchoSettings(label="echo-b", batching=True, max_batch=16, step_ms=10.0)],
+        workload=WORKLOAD, load=LoadSpec(rate=1, duration_s=1), slo=SLO_, capacity=SPEC,
+        tune=TuneSpec(objective="capacity", n_trials=1, seed=0,
+                      space=TuneSpace(server={"max_batch": ParamSpec(values=[32])})),
+    )  # fmt: skip
+    [report] = await tune_scenario(scenario, results_dir=tmp_path)
+    [study] = load_studies(tmp_path)
+    engine, tuned = study["trials"]
+    assert engine["default"] and engine["stage"] == "precise" and engine["params"] == {"server.max_batch": "engine default"}
+    assert tuned["params"] == {"server.max_batch": 32} and study["restarts"] == 2
+    assert report.default_value == engine["capacity_rps"] == study["default_capacity"]
+    # The best is whichever measured higher (simulated 62 vs 59 req/s: close), the gain is over the engine's own.
+    best = max(engine["capacity_rps"], tuned["capacity_rps"])
+    assert study["best"]["capacity_rps"] == best
+    assert study["gain_over_default"] == pytest.approx(best / engine["capacity_rps"] - 1)
+
+
 def test_a_setting_the_installed_vllm_lacks_is_rejected_before_start(monkeypatch: pytest.MonkeyPatch) -> None:
     from hpload.servers import vllm_flags
 
