@@ -23,8 +23,9 @@ import sys
 import time
 
 from hpload.loadgen.specs import SLO
-from hpload.scenarios.capacity import CapacitySpec
-from hpload.scenarios.capacity_sim import true_capacity
+from hpload.scenarios.capacity import CapacitySpec, search_sync
+from hpload.scenarios.capacity_sim import simulate_probe, true_capacity
+from hpload.scenarios.capacity_tune import coarse_spec
 from hpload.scenarios.landscape import Landscape, replay_study, trials_to_reach
 from hpload.servers.echo.batching import BatchingModel
 
@@ -83,11 +84,77 @@ def main() -> int:
         rows[name] = needed
         print(f"{name:<28} restarts to 95% of best: median {statistics.median(needed):5.1f}  "
               f"(seeds: {needed})  grid {land.size}")
+    staged_costs(land, args.seeds, budget=20)
     tuner, rnd = (statistics.median(v) for v in rows.values())
     verdict = "beats" if tuner < rnd else "does NOT beat"
     print(f"tuner/random median restarts {tuner / rnd:.2f}: the tuner {verdict} random search at equal budgets "
           f"(grid {land.size}: the tuner needs {tuner / land.size:.0%} of it)")
     return 0
+
+
+def _model(s: dict) -> BatchingModel:
+    return BatchingModel(step_ms=s["step_ms"], step_per_seq_ms=s["step_per_seq_ms"], max_batch=s["max_batch"],
+                         prefill_ms_per_token=s["prefill_ms_per_token"])  # fmt: skip
+
+
+_SEARCHES: dict[tuple, tuple[float, float | None, float | None, float]] = {}
+
+
+def _search(settings: dict, spec: CapacitySpec, start: float | None = None) -> tuple[float, float | None, float | None, float]:
+    """(capacity, lo, hi, probe-seconds) of a simulated search on one configuration."""
+    if start is not None:
+        spec = spec.model_copy(update={"start_rate": start})
+    key = (tuple(settings.values()), spec.precision, spec.probe_s, spec.start_rate)
+    if key not in _SEARCHES:
+        model = _model(settings)
+        outcome, probes = search_sync(lambda a: simulate_probe(model, a, SLO_, spec, input_len=INPUT_LEN,
+                                                               max_tokens=MAX_TOKENS, seed=0), spec)  # fmt: skip
+        _SEARCHES[key] = (outcome.capacity, outcome.lo, outcome.hi, sum(p.seconds for p in probes))
+    return _SEARCHES[key]
+
+
+def staged_costs(land: Landscape, seeds: int, budget: int) -> None:
+    """Probe-seconds of the first ``budget`` configurations the tuner visits: coarse first and precise only where the
+    configuration could be the best (as ``hpload tune`` runs it) against the precise search on every one."""
+    from hpload.scenarios.tuning import Tuner
+
+    precise = SPEC.model_copy(update={"start_rate": 8.0})
+    coarse = coarse_spec(precise)
+    staged, full, refined = [], [], []
+    for seed in range(seeds):
+        tuner = Tuner(land.space(), sampler="tpe", seed=seed, study_name=f"staged-{seed}", defaults=[DEFAULTS])
+        seen: set = set()
+        best: float | None = None
+        cost_staged = cost_full = 0.0
+        n_refined = 0
+        for _ in range(budget * 20):
+            if len(seen) >= budget:
+                break
+            proposal = tuner.ask()
+            known = tuner.remembered(proposal)
+            if known is not None:
+                tuner.tell(proposal, known)
+                continue
+            params = proposal.params
+            seen.add(proposal.key)
+            cap_c, lo, hi, sec_c = _search(params, coarse)
+            cost_staged += sec_c
+            value = cap_c
+            if len(seen) == 1 or best is None or hi is None or hi > best:
+                value, _lo, _hi, sec_p = _search(params, precise, start=max(lo or precise.start_rate,
+                                                                            precise.min_rate))  # fmt: skip
+                cost_staged += sec_p
+                n_refined += 1
+            cost_full += _search(params, precise)[3]
+            best = value if best is None else max(best, value)
+            tuner.tell(proposal, land.replay(params))
+        staged.append(cost_staged)
+        full.append(cost_full)
+        refined.append(n_refined)
+    print(f"probe-seconds for the first {budget} configurations the tuner visits (simulated, median of {seeds} "
+          f"seeds): coarse first {statistics.median(staged):.0f} s (precise search on {statistics.median(refined):.0f}"
+          f" of {budget}) vs precise on every one {statistics.median(full):.0f} s "
+          f"({statistics.median(staged) / statistics.median(full):.2f}x)")
 
 
 if __name__ == "__main__":
