@@ -14,6 +14,7 @@ from helpers import kill_tree
 
 from hpload.errors import HploadError
 from hpload.loadgen.specs import SLO, LoadSpec, WorkloadSpec
+from hpload.loadgen.vocabulary import CAPACITY_STUDY_KEYS, CAPACITY_TRIAL_KEYS
 from hpload.scenarios.capacity import CapacitySpec
 from hpload.scenarios.capacity_sim import true_capacity
 from hpload.scenarios.capacity_tune import check_space_supported, load_studies
@@ -76,6 +77,8 @@ async def test_engine_defaults_outside_the_space_are_measured_first(tmp_path: Pa
     )  # fmt: skip
     [report] = await tune_scenario(scenario, results_dir=tmp_path)
     [study] = load_studies(tmp_path)
+    assert set(study) <= CAPACITY_STUDY_KEYS, set(study) - CAPACITY_STUDY_KEYS
+    assert all(set(t) <= CAPACITY_TRIAL_KEYS for t in study["trials"])
     engine, tuned = study["trials"]
     assert engine["default"] and engine["stage"] == "precise" and engine["params"] == {"server.max_batch": "engine default"}
     assert tuned["params"] == {"server.max_batch": 32} and study["restarts"] == 2
@@ -119,6 +122,7 @@ kind = "vllm"
 label = "vllm"
 dtype = "float32"
 max_model_len = 256
+max_num_seqs = 4          # a value of the space: the defaults trial is the sampler's first (no extra start)
 [workload]
 input_len = 32
 max_tokens = 8
@@ -181,6 +185,7 @@ def test_vllm_capacity_study_resumes_after_a_kill(tmp_path: Path) -> None:
     [study] = load_studies(results)
     assert len(study["trials"]) == 3, study
     assert study["trials"][0] == before["trials"][0]  # the told trial stayed as it was
+    assert study["trials"][0]["default"] and study["trials"][0]["params"] == {"server.max_num_seqs": 4}
     assert all(t["capacity_rps"] is not None and t["capacity_rps"] > 0 for t in study["trials"]), study
     assert study["best"] is not None and study["restarts"] >= 3
     assert "trials" in rerun.stdout and "restarts spent" in rerun.stdout
