@@ -149,6 +149,15 @@ PROBE_KEYS = frozenset({
     "rate", "kind", "replicate", "seed", "passed", "violations", "stopped_early", "error", "seconds", "stats",
     "point_id", "before",
 })
+# A capacity-tuning study (``tune_capacity/<label>.json``, hpload.scenarios.capacity_tune) and each of its trials.
+CAPACITY_STUDY_KEYS = frozenset({
+    "label", "restarts", "trials", "study", "slo", "defaults", "engine_defaults", "default_capacity", "best",
+    "gain_over_default",
+})
+CAPACITY_TRIAL_KEYS = frozenset({
+    "label", "stage", "capacity_rps", "interval", "coarse_interval", "probe_seconds", "error", "reason", "record",
+    "params", "default", "best_so_far", "restarts",
+})
 
 # The server's own view (RunResult.server_metrics, from Prometheus: hpload.loadgen.prom.server_side): per histogram
 # a count, a mean, and p50/p99 as an interval ``*_ms_bounds`` [low, high] (hpload.loadgen.prom_quantile), with the

@@ -66,6 +66,11 @@ class CapacitySpec(BaseModel):
     """Between probes, wait this long at most for the server to report no running or waiting requests."""
     capacity_threshold: float | None = Field(default=None, ge=0)
     """Fail the run (threshold exit code) when a server's capacity is below this many req/s."""
+    coarse_precision: float = Field(default=0.25, gt=0, lt=1)
+    """``hpload tune`` (objective capacity): every trial first searches to this precision with shorter probes; only
+    a configuration whose coarse interval could hold the best capacity is searched to ``precision``."""
+    coarse_probe_fraction: float = Field(default=0.5, gt=0, le=1)
+    """The coarse search's probes measure this fraction of ``probe_s``."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

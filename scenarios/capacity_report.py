@@ -71,6 +71,10 @@ def _ms(v: Any) -> str:
 
 def add_to_report(plt: Any, root: Path, out: Path, plots: list[Path], md: list[str]) -> None:
     """The report's capacity section and plot, when the directory holds capacity records."""
+    from hpload.scenarios.capacity_tune import load_studies
+    from hpload.scenarios.capacity_tune import markdown as study_markdown
+
+    md += study_markdown(load_studies(root))
     records = load_records(root)
     if not records:
         return

@@ -56,6 +56,11 @@ class ConsoleTune:
         note = " [known point, not re-measured]" if reused else ""
         sys.stderr.write(f"trial {number}/{total} {label} {settings}: {verdict}{note}\n")
 
+    def capacity_trial(self, label: str, number: int, total: int, row: dict[str, Any], state: dict[str, Any]) -> None:
+        from hpload.scenarios.capacity_tune import trial_line
+
+        sys.stderr.write(trial_line(label, number, total, row, state) + "\n")
+
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
@@ -105,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"    {key} = {v}")
         if report.gain_over_default is not None:
             print(f"  vs the defaults ({report.default_value:.2f}): {report.gain_over_default:+.1%}")
+    if scenario.tune.objective == "capacity":
+        from hpload.scenarios.capacity_tune import load_studies
+
+        for study in load_studies(results_dir):
+            print(f"  {study['label']}: {len(study['trials'])} trials, {study.get('restarts', 0)} restarts spent")
     print(f"\nresults: {results_dir}/   study: {reports[0].storage if reports else '-'}")
     print(f"next: hpload report {results_dir}")
     return 0

@@ -75,8 +75,9 @@ class TuneSpec(_Strict):
     """An Optuna study over server and load settings, one per server of the scenario."""
 
     sampler: Literal["tpe", "gp", "random", "grid"] = "tpe"
-    objective: Literal["output_throughput", "request_goodput", "request_throughput"] = "output_throughput"
-    """What to maximise; ``request_goodput`` counts only requests that met the per-request SLO limits."""
+    objective: Literal["output_throughput", "request_goodput", "request_throughput", "capacity"] = "output_throughput"
+    """What to maximise; ``request_goodput`` counts only requests that met the per-request SLO limits; ``capacity``
+    runs a capacity search (the ``[capacity]`` table) per server configuration (docs/capacity.md)."""
     n_trials: int = Field(default=20, ge=1)
     """Measured points per server (a study resumed from storage counts the trials it already has)."""
     seed: int | None = 0
@@ -145,6 +146,10 @@ class Scenario(_Strict):
                 lacking = [s.label for s in self.servers if name not in type(s).model_fields]
                 if lacking:
                     raise ValueError(f"tune.space.server.{name}: server '{lacking[0]}' has no such setting")
+            if self.tune.objective == "capacity" and self.tune.space.load:
+                name = next(iter(self.tune.space.load))
+                raise ValueError(f"tune.space.load.{name}: objective 'capacity' searches the load axis itself; fix: "
+                                 "tune only server settings (or workload ones)")
             space = self.tune.space.flat()
             for key in self.tune.defaults:
                 if key not in space:

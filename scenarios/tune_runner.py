@@ -115,6 +115,10 @@ async def tune_server(
 ) -> StudyReport:
     tune = scenario.tune
     assert tune is not None
+    if tune.objective == "capacity":
+        from hpload.scenarios.capacity_tune import tune_capacity_server
+
+        return await tune_capacity_server(scenario, base, store, listener=listener, observer=observer, stop=stop)  # type: ignore[no-any-return]
     space = tune.space.flat()
     study_name = tune.study_name or f"{scenario.name}-{base.label}"
     if tune.study_name and len(scenario.servers) > 1:

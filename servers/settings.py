@@ -32,7 +32,12 @@ class VllmSettings(_Strict):
     data_parallel_size: int = Field(default=1, ge=1)
     block_size: int | None = Field(default=None, gt=0)
     enable_prefix_caching: bool | None = None
-    enable_chunked_prefill: bool | None = None
+    enable_chunked_prefill: bool | None = Field(
+        default=None, description="split long prefills into chunks that share steps with decodes (None: vLLM's choice)")
+    api_server_count: int | None = Field(
+        default=None, ge=1, description="API server processes in front of the engine (None: vLLM's choice)")
+    async_scheduling: bool | None = Field(
+        default=None, description="schedule the next step while the current one runs (where vLLM has it)")
     load_format: str | None = None  # "dummy" gives a real architecture with random weights
     seed: int | None = None
     extra_args: list[str] = Field(default_factory=list)  # any other vLLM flag, passed through as given

@@ -22,10 +22,12 @@ _VALUED_FLAGS = {
     "block_size": "--block-size",
     "load_format": "--load-format",
     "seed": "--seed",
+    "api_server_count": "--api-server-count",
 }
 _BOOL_FLAGS = {
     "enable_prefix_caching": ("--enable-prefix-caching", "--no-enable-prefix-caching"),
     "enable_chunked_prefill": ("--enable-chunked-prefill", "--no-enable-chunked-prefill"),
+    "async_scheduling": ("--async-scheduling", "--no-async-scheduling"),
 }
 
 
@@ -51,7 +53,15 @@ class VllmServer(ProcessServer[VllmSettings]):
 
     def argv(self, port: int) -> list[str]:
         s = self.settings
-        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir]
+        from hpload.servers.vllm_features import OPTIONAL_FLAGS, check_settings
+
+        # Before the ~100-second start: a setting this vLLM lacks is one line naming it and the version.
+        check_settings({f: getattr(s, f) for f in OPTIONAL_FLAGS}, where=f"server {s.label}")
+        if s.api_server_count is not None:
+            # Only `vllm serve` starts several API server processes; the api_server module runs one.
+            argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", self.model_dir]
+        else:
+            argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir]
         argv += ["--host", s.host, "--port", str(port)]
         if s.served_model_name:
             argv += ["--served-model-name", s.served_model_name]
