@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import wait_s
 from test_tune_postgres import postgres_url  # noqa: F401 - the module's PostgreSQL fixture, shared
 
 pytestmark = pytest.mark.postgres
@@ -69,7 +70,7 @@ def test_a_host_killed_mid_trial_is_failed_and_retried(postgres_url: str, tmp_pa
     survivor: subprocess.Popen[str] | None = None
     try:
         # Kill the victim while it measures: a trial it owns is RUNNING and its echo server is up.
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + wait_s(120)
         victim_trial = None
         while victim_trial is None:
             assert victim.poll() is None and time.monotonic() < deadline, victim.stderr.read() if victim.stderr else ""
@@ -88,7 +89,7 @@ def test_a_host_killed_mid_trial_is_failed_and_retried(postgres_url: str, tmp_pa
         victim.wait(10)
         _, alive = psutil.wait_procs(servers, timeout=15)
         assert not alive, "the killed tuner's echo server outlived it"
-        out, err = survivor.communicate(timeout=300)
+        out, err = survivor.communicate(timeout=wait_s(300))
         assert survivor.returncode == 0, err
     finally:
         for proc in (victim, survivor):
