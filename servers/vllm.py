@@ -57,8 +57,9 @@ class VllmServer(ProcessServer[VllmSettings]):
 
         # Before the ~100-second start: a setting this vLLM lacks is one line naming it and the version.
         check_settings({f: getattr(s, f) for f in OPTIONAL_FLAGS}, where=f"server {s.label}")
-        if s.api_server_count is not None:
-            # Only `vllm serve` starts several API server processes; the api_server module runs one.
+        if s.api_server_count is not None or any(a.startswith("--api-server-count") for a in s.extra_args):
+            # Only `vllm serve` starts several API server processes; the api_server module accepts the flag and runs
+            # one (measured on the H200: docs/results/h200-issue21), also when the flag comes through extra_args.
             argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", self.model_dir]
         else:
             argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir]

@@ -113,6 +113,9 @@ def test_vllm_capacity_settings_reach_the_command_line(tiny_model: Path) -> None
         assert piece in joined
     plain = make_server(VllmSettings(model=str(tiny_model))).argv(1)  # type: ignore[attr-defined]
     assert plain[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "--async-scheduling" not in plain
+    # The flag given as a raw extra argument still gets several API servers (the api_server module would ignore it).
+    extra = make_server(VllmSettings(model=str(tiny_model), extra_args=["--api-server-count", "4"])).argv(1)  # type: ignore[attr-defined]
+    assert extra[1:4] == ["-m", "vllm.entrypoints.cli.main", "serve"] and extra[-2:] == ["--api-server-count", "4"]
 
 
 VLLM_SCENARIO = """
