@@ -80,7 +80,7 @@ def done_points(path: Path) -> set[tuple[str, ...]]:
 
 
 def append(path: Path, row: dict) -> None:
-    fresh = not path.is_file()
+    fresh = not path.is_file() or path.stat().st_size == 0
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", newline="") as handle:
         if fresh:
@@ -98,9 +98,16 @@ def main() -> int:
     p.add_argument("--csv", type=Path, default=CSV_PATH)
     p.add_argument("--results", type=Path, default=ROOT / "results" / "vllm-capacity-grid",
                    help="probes and capacity records (a rerun continues an interrupted point from here)")
+    p.add_argument("--only", action="append", default=[], metavar="AXIS=VALUE",
+                   help="record only the points with this value (a repeat of part of the grid, to see its noise)")
     args = p.parse_args()
     done = done_points(args.csv)
     points = [dict(zip(AXES, combo, strict=True)) for combo in itertools.product(*AXES.values())]
+    for only in args.only:
+        axis, _, value = only.partition("=")
+        if axis not in AXES:
+            p.error(f"--only {only}: no axis {axis!r}; fix: one of {', '.join(AXES)}")
+        points = [pt for pt in points if str(pt[axis]) == value]
     for n, point in enumerate(points, 1):
         key = tuple(str(point[axis]) for axis in AXES)
         if key in done:
