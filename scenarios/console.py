@@ -104,7 +104,7 @@ class ConsoleProgress:
             f"{snap.in_flight} in flight  {snap.output_token_rate:.0f} tok/s"
             + (f"  p99 ttft {ttft.p99_ms:.0f} ms" if ttft and ttft.count else "")
             + (f"  errors {snap.requests_failed}" if snap.requests_failed else "")
-            + (f"  CLIENT BUSY: {health.warning}" if health and health.bottleneck and health.warning else "")
+            + (f"  CLIENT: {health.warning}" if health and health.bottleneck and health.warning else "")
         )
         if self.tty:
             self.stream.write("\r\x1b[2K" + text[:200])

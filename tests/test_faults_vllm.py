@@ -42,13 +42,15 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
         def observe(snap: Snapshot) -> None:
             snaps.append(snap)
             # The raw stream starts with the load run's first snapshot, not before it: building the run's prompts
-            # (a tokenizer load) can take as long as the whole raw stream on a slow machine, which then ended whole
-            # before the kill.
-            if not raws:
+            # (a tokenizer load) can take as long as the whole raw stream on a slow machine.
+            # A raw stream that ended whole before the kill (a fast machine) is followed by another, so one is
+            # always in flight when the engine dies.
+            if not killed.is_set() and (not raws or raws[-1].done()):
+                generating.clear()
                 raws.append(asyncio.create_task(_raw_stream(server, generating)))
             # Kill once the run is really under way (a few requests done, more in flight) and the raw stream is
             # generating: states, not a guess at how long either takes.
-            if not killed.is_set() and snap.requests_completed >= 3 and (generating.is_set() or raws[0].done()):
+            if not killed.is_set() and snap.requests_completed >= 3 and generating.is_set() and not raws[-1].done():
                 for pid in engines:
                     psutil.Process(pid).kill()
                 killed.set()
@@ -64,7 +66,8 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
         )
         elapsed = time.monotonic() - t0
         assert killed.is_set(), "the run ended before the kill"
-        raw = raws[0]
+        raw = raws[-1]
+        assert all(r.done() and r.exception() is None for r in raws[:-1]), "a raw stream failed before the kill"
         assert generating.is_set(), f"the raw stream never generated: {raw.exception() if raw.done() else raw}"
         # The raw stream open at the kill failed: no usage trailer, or an error (status, event, dropped connection).
         with pytest.raises((httpx.HTTPError, StreamFailed)):
