@@ -38,6 +38,7 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
         killed = asyncio.Event()
         generating = asyncio.Event()  # the raw stream below has its first token
         raws: list[asyncio.Task[None]] = []
+        received: list[str] = []  # the current raw stream's data lines
 
         def observe(snap: Snapshot) -> None:
             snaps.append(snap)
@@ -47,10 +48,13 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
             # always in flight when the engine dies.
             if not killed.is_set() and (not raws or raws[-1].done()):
                 generating.clear()
-                raws.append(asyncio.create_task(_raw_stream(server, generating)))
+                received.clear()
+                raws.append(asyncio.create_task(_raw_stream(server, generating, received)))
             # Kill once the run is really under way (a few requests done, more in flight) and the raw stream is
-            # generating: states, not a guess at how long either takes.
-            if not killed.is_set() and snap.requests_completed >= 3 and generating.is_set() and not raws[-1].done():
+            # generating with most of its tokens still to come (a stream near its end may already be finished in
+            # the engine while the front end still sends it): states, not a guess at how long either takes.
+            if (not killed.is_set() and snap.requests_completed >= 3 and generating.is_set() and not raws[-1].done()
+                    and len(received) < RAW_TOKENS // 2):
                 for pid in engines:
                     psutil.Process(pid).kill()
                 killed.set()
@@ -92,9 +96,12 @@ class StreamFailed(Exception):
     """A 200 stream that carried an error event or ended without its usage trailer."""
 
 
-async def _raw_stream(server: Server, generating: asyncio.Event) -> None:
+RAW_TOKENS = 480
+
+
+async def _raw_stream(server: Server, generating: asyncio.Event, received: list[str]) -> None:
     """One long streamed chat request read as any OpenAI client reads it; raises if it fails, returns if whole."""
-    body = {"model": server.model, "messages": [{"role": "user", "content": "import os"}], "max_tokens": 480,
+    body = {"model": server.model, "messages": [{"role": "user", "content": "import os"}], "max_tokens": RAW_TOKENS,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
     completed = False
     async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
@@ -103,6 +110,7 @@ async def _raw_stream(server: Server, generating: asyncio.Event) -> None:
             async for line in resp.aiter_lines():
                 if not line.startswith("data: {"):
                     continue
+                received.append(line)
                 generating.set()
                 if '"error"' in line:
                     raise StreamFailed("error event inside the stream")
