@@ -7,7 +7,7 @@ import sys
 
 from hpload.servers.base import ProcessServer
 from hpload.servers.settings import VllmSettings
-from hpload.servers.vllm_features import per_request_metrics_argv
+from hpload.servers.vllm_features import reporting_argv
 
 # settings field -> vLLM flag, for the fields that map one to one onto a valued flag
 _VALUED_FLAGS = {
@@ -74,8 +74,9 @@ class VllmServer(ProcessServer[VllmSettings]):
             value = getattr(s, field)
             if value is not None:
                 argv.append(on if value else off)
-        # The server's own per-request timings, to join with the client's (hpload.loadgen.server_timing).
-        argv += per_request_metrics_argv(s.extra_args)
+        # The server's own per-request timings (joined with the client's in hpload.loadgen.server_timing) and
+        # per-request cached tokens.
+        argv += reporting_argv(s.extra_args)
         argv += s.extra_args
         return argv
 
@@ -84,6 +85,10 @@ class VllmServer(ProcessServer[VllmSettings]):
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             "HF_HUB_OFFLINE": "1",
+            # A server hpload starts is its own benchmark server: dev mode opens POST /reset_prefix_cache, so each
+            # capacity probe and each prefix-cache study starts on a cold cache (hpload.scenarios.capacity_run.settle)
+            # rather than on blocks an earlier run left. settings.env can turn it off.
+            "VLLM_SERVER_DEV_MODE": "1",
         }
         if is_cpu_build():
             # The CPU build otherwise reserves a large slice of RAM for the KV cache; 1 GiB is plenty for the

@@ -90,11 +90,16 @@ def check_settings(values: dict[str, object], where: str = "server") -> None:
                               "setting or install a vLLM that has it")
 
 
-def per_request_metrics_argv(extra_args: list[str]) -> list[str]:
-    """``--enable-per-request-metrics`` where this build has it. Not with ``--disable-log-stats``: the metrics come
-    from the engine's stats, and vLLM refuses the pair at start-up."""
-    if not declares("enable_per_request_metrics"):
-        return []
-    if "--disable-log-stats" in extra_args or "--enable-per-request-metrics" in extra_args:
-        return []
-    return ["--enable-per-request-metrics"]
+def reporting_argv(extra_args: list[str]) -> list[str]:
+    """The flags for the figures hpload reads from the server, where this build declares them and the user has not
+    given them: ``--enable-per-request-metrics`` (the server's own per-request timings; not with
+    ``--disable-log-stats``, since the metrics come from the engine's stats and vLLM refuses the pair at start-up) and
+    ``--enable-prompt-tokens-details`` (``usage.prompt_tokens_details.cached_tokens``: each request's prefix-cache
+    hits, for the prefix-cache hit fraction beside the /metrics counters)."""
+    argv = []
+    if (declares("enable_per_request_metrics") and "--disable-log-stats" not in extra_args
+            and "--enable-per-request-metrics" not in extra_args):  # fmt: skip
+        argv.append("--enable-per-request-metrics")
+    if declares("enable_prompt_tokens_details") and "--enable-prompt-tokens-details" not in extra_args:
+        argv.append("--enable-prompt-tokens-details")
+    return argv
