@@ -39,6 +39,17 @@ class LengthDist(BaseModel):
             raise ValueError(f"max: {self.max} is below min {self.min}; fix: raise max")
         return self
 
+    def describe(self) -> str:
+        """One short phrase for the console and the TUI, e.g. ``lognormal(mean 512, std 200, 1..2048)``."""
+        bounds = f", {self.min}..{self.max}" if self.max is not None else ""
+        if self.kind == "empirical":
+            return f"empirical({Path(self.path or '').name})"
+        if self.kind == "fixed":
+            return f"{self.mean:g}"
+        if self.kind == "uniform":
+            return f"uniform({self.min}..{self.max})"
+        return f"{self.kind}(mean {self.mean:g}, std {self.std:g}{bounds})"
+
     def draw(self, rng: random.Random, n: int, where: str = "workload") -> list[int]:
         if self.kind == "empirical":
             pool = read_lengths(self.path or "", where)

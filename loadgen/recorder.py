@@ -149,6 +149,8 @@ class Recorder:
             interval_metrics={m: self.interval[m].summary() for m in LATENCY_METRICS if self.interval[m].count},
             histograms={m: self.cum[m].view() for m in _VIEW_METRICS if self.cum[m].count},
             health=health,
+            cache_hit_fraction=(c["cached_prompt_tokens"] / c["cached_reported_prompt_tokens"]
+                                if c["cached_reported"] and c["cached_reported_prompt_tokens"] else None),  # fmt: skip
         )
         for h in self.cum.values():
             h.flush()  # schedule metrics are not in the snapshot, but their buffers must not grow

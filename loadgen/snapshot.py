@@ -62,6 +62,9 @@ class Snapshot:
     interval_metrics: dict[str, MetricSummary] = field(default_factory=dict)
     histograms: dict[str, HistogramView] = field(default_factory=dict)  # cumulative, for ttft, itl, e2el
     health: ClientHealth | None = None
+    cache_hit_fraction: float | None = None
+    """Share of prompt tokens the server says it served from its prefix cache (``usage.prompt_tokens_details.
+    cached_tokens``, cumulative over the measured phase); None where no reply carried it."""
 
     @property
     def done(self) -> bool:

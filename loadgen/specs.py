@@ -7,6 +7,7 @@ unknown keys are errors (``extra="forbid"``): a typo fails before any request is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -102,6 +103,30 @@ class WorkloadSpec(_Strict):
     """Seeds prompt generation and sampling order, so two runs send the same requests."""
     stream: bool = True
     """Stream tokens (SSE); needed for ttft, itl and tpot. Off: ttft = e2el, as vLLM's bench client reports."""
+
+    def describe(self) -> str:
+        """What the requests are, in one line for the console and the TUI (lengths in tokens)."""
+        name = Path(self.path).name if self.path else ""
+        out = self.output_dist.describe() if self.output_dist else f"{self.max_tokens}"
+        if self.source == "trace":
+            fmt = "" if self.format == "auto" else f" ({self.format})"
+            window = f", window {self.trace_window_s:g} s" if self.trace_window_s else ""
+            offset = f" from {self.trace_offset_s:g} s" if self.trace_offset_s else ""
+            return f"trace {name}{fmt}{window}{offset}"
+        if self.source == "sessions":
+            turns = f"{name}" if name else f"{self.session_turns} turns x {self.turn_len} tokens"
+            think = f", think {self.think_time_s:g} s" if self.think_time_s else ""
+            return f"sessions {turns}{think}, output {out}"
+        if self.source == "shared_prefix":
+            from hpload.loadgen.traces import ideal_hit_fraction
+
+            return (f"shared prefix {self.prefix_groups} groups x {self.prefix_len} + {self.suffix_len} tokens, "
+                    f"output {out} (ideal cache hits {ideal_hit_fraction(self):.0%})")  # fmt: skip
+        if self.source in ("jsonl", "humaneval"):
+            return f"{self.source} {name}".rstrip() + f", output {out}"
+        inp = self.input_dist.describe() if self.input_dist else f"{self.input_len}"
+        spread = f" ±{self.input_len_spread:.0%}" if self.input_len_spread and not self.input_dist else ""
+        return f"input {inp}{spread}, output {out}"
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadSpec:

@@ -208,3 +208,22 @@ def test_cached_tokens_from_usage_reach_the_prefix_cache_stats() -> None:
     attach(result, [], None)
     pc = result.config["workload_stats"]["prefix_cache"]
     assert pc == {"cached_tokens": 224, "prompt_tokens": 480, "hit_fraction": pytest.approx(224 / 480)}
+
+
+def test_each_workload_describes_itself_in_one_line() -> None:
+    from hpload.loadgen.lengths import LengthDist
+
+    said = {
+        "synthetic": WorkloadSpec(input_dist=LengthDist(kind="lognormal", mean=512, std=200, max=2048),
+                                  output_dist=LengthDist(kind="uniform", min=128, max=256)).describe(),
+        "trace": WorkloadSpec(source="trace", path="/x/a.csv", format="azure", trace_window_s=60).describe(),
+        "sessions": WorkloadSpec(source="sessions", session_turns=4, turn_len=32, think_time_s=1).describe(),
+        "shared_prefix": WorkloadSpec(source="shared_prefix", prefix_groups=4, prefix_len=256, suffix_len=64,
+                                      num_prompts=32).describe(),
+    }  # fmt: skip
+    assert said["synthetic"] == "input lognormal(mean 512, std 200, 1..2048), output uniform(128..256)"
+    assert said["trace"] == "trace a.csv (azure), window 60 s"
+    assert said["sessions"] == "sessions 4 turns x 32 tokens, think 1 s, output 128"
+    # 28 of 32 requests find their 256-token prefix cached: 28 * 256 / (32 * 320) = 70%.
+    assert said["shared_prefix"] == "shared prefix 4 groups x 256 + 64 tokens, output 128 (ideal cache hits 70%)"
+    assert all("\n" not in line for line in said.values())

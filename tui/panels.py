@@ -72,6 +72,14 @@ def server_timing_line(snap: Snapshot | None) -> str:
     return line
 
 
+def cache_line(snap: Snapshot | None, ideal: float | None) -> str:
+    """The server's prefix-cache hits as its replies report them, beside what the workload implies where it does."""
+    if snap is None or snap.cache_hit_fraction is None:
+        return ""
+    line = f"\ncache   hits {snap.cache_hit_fraction:.1%} of prompt tokens (server usage)"
+    return line + (f", ideal {ideal:.1%}" if ideal is not None else "")
+
+
 def rate_label(name: str, history: deque[float]) -> str:
     if not history:
         return f"{name}  -"
@@ -144,10 +152,11 @@ class ServerPanel(Vertical):
     req_rate: RateHistory
     tok_rate: RateHistory
 
-    def __init__(self, key: int, label: str) -> None:
+    def __init__(self, key: int, label: str, ideal_hit_fraction: float | None = None) -> None:
         super().__init__(id=f"server-{key}", classes="server-panel")
         self.key = key
         self.label = label
+        self.ideal_hit_fraction = ideal_hit_fraction  # a shared-prefix workload's, for the cache line
         self.state = "idle"
         self.detail = ""
         self.snapshot: Snapshot | None = None
@@ -228,7 +237,9 @@ class ServerPanel(Vertical):
         self.query_one(".req-label", Static).update(rate_label("requests/s", self.req_rate.values))
         self.query_one(".tok-label", Static).update(rate_label("output tok/s", self.tok_rate.values))
         self.query_one(".errors", Static).update(errors_line(snap.errors if snap else {}))
-        self.query_one(".health", Static).update(health_line(health) + server_timing_line(snap))
+        self.query_one(".health", Static).update(
+            health_line(health) + server_timing_line(snap) + cache_line(snap, self.ideal_hit_fraction)
+        )
 
 
 class PointsTable(DataTable[Any]):

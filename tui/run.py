@@ -24,6 +24,7 @@ from textual.worker import Worker, WorkerState
 
 from hpload.gpu import GpuSample, GpuTelemetry, describe
 from hpload.loadgen.snapshot import HistogramView, Snapshot
+from hpload.loadgen.traces import ideal_hit_fraction
 from hpload.tui.child import ChildRun
 from hpload.tui.feed import Batch, Feed, PointDone, ServerState
 from hpload.tui.logaxis import LogAxis
@@ -81,8 +82,10 @@ class RunScreen(Screen[None]):
         yield Static(id="runbar")
         yield Static("GPU: …", id="gpu")
         with Horizontal(id="panels"):
+            workload = self.plan.workload
+            ideal = ideal_hit_fraction(workload) if workload.source == "shared_prefix" else None
             for key, label in enumerate(self.plan.labels):
-                yield ServerPanel(key, label)
+                yield ServerPanel(key, label, ideal)
         yield PointsTable(id="points")
         yield Footer()
 
@@ -218,10 +221,14 @@ class RunScreen(Screen[None]):
             state = "finished (r restarts)"
         elapsed = f" {time.monotonic() - self.started_at:.0f}s" if self.started_at and self.running else ""
         load = self.plan.load
-        loop = f"c={load.concurrency}" if load.concurrency else f"{load.rate:g} req/s" if load.rate else ("trace replay" if load.replay else "steps")
+        if load.replay:
+            loop = "replay" + (f" at {load.rate:g} req/s" if load.rate else "") + (
+                f" times x{load.time_scale:g}" if load.time_scale != 1 else "")  # fmt: skip
+        else:
+            loop = f"c={load.concurrency}" if load.concurrency else f"{load.rate:g} req/s" if load.rate else "steps"
         bar = Text(no_wrap=True, overflow="ellipsis")
         bar.append(f"{self.plan.title}", style="bold")
-        bar.append(f"  {state}{elapsed}  {loop}  max_tokens {self.plan.workload.max_tokens}")
+        bar.append(f"  {state}{elapsed}  {loop}  {self.plan.workload.describe()}")
         bar.append("" if self.everything_fits else f"  view: {self.view}")
         self.query_one("#runbar", Static).update(bar)
 
