@@ -35,3 +35,18 @@ def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
             os.kill(os.getpid(), signum)
 
     return arm
+
+
+def arm_in_child(parent: int, signum: int = signal.SIGTERM) -> bool:
+    """The same from inside a child already running (a ``multiprocessing`` worker, whose start hpload does not
+    control): ``parent`` is the pid it was started by. False where it cannot be armed (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the signal was armed: it would never come
+        os.kill(os.getpid(), signum)
+    return True

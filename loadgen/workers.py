@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import queue
+import signal
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from time import perf_counter_ns
@@ -62,7 +64,7 @@ async def run_workers(
             target=_worker_main,
             args=(
                 i, n, *args, worker_requests_path(requests_path, i), q, go, halt, start_at, (base.index, base.count),
-                id_prefix,
+                id_prefix, os.getpid(),
             ),
             name=f"hpload-loadgen-{i}",
             daemon=True,
@@ -176,7 +178,16 @@ def _worker_main(
     start_ns: Any,
     base: tuple[int, int] = (0, 1),
     id_prefix: str | None = None,
+    parent: int = 0,
 ) -> None:
+    # The parent owns Ctrl-C (a terminal sends SIGINT to the whole process group, workers included): it halts the
+    # workers, which then finish and report what they measured, instead of each dying with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent:
+        # A SIGKILLed hpload cannot stop its workers; without this they would go on loading the server.
+        from hpload.pdeath import arm_in_child
+
+        arm_in_child(parent)
     try:
         asyncio.run(
             _worker(

@@ -187,6 +187,59 @@ def test_signal_during_a_sweep_keeps_points_and_rerun_resumes(
         assert json.loads(path.read_text()) == before
 
 
+# ---------------------------------------------------------------- load-generator worker processes
+
+WORKERS = """
+[load]
+concurrency = 4
+num_requests = 1000000
+workers = 2
+"""
+
+
+def loadgen_workers(pid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(p.cmdline()):
+                out.append(p)
+    return out
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_workers_too(tmp_path: Path, reap: list[subprocess.Popen[bytes]]) -> None:
+    # A terminal's Ctrl-C sends SIGINT to the whole foreground process group: hpload and its load-generator workers.
+    # The parent owns it (it halts the workers); a worker dying of it printed a traceback per worker.
+    scenario = write_scenario(tmp_path, "workers", WORKERS)
+    results, log = tmp_path / "results", tmp_path / "run.log"
+    proc = hpload("run", str(scenario), "--results", str(results), log=log, start_new_session=True)
+    reap.append(proc)
+    wait_for(lambda: point_in_progress(results, measured=20) is not None, 60, proc, log)
+    tree = [psutil.Process(proc.pid), *loadgen_workers(proc.pid), *echo_children(proc.pid)]
+    assert len(tree) >= 4, tree  # hpload, two workers, the echo server
+    os.killpg(proc.pid, signal.SIGINT)
+    rc = proc.wait(wait_s(60))
+    out = log.read_text()
+    assert rc == 130, out
+    assert "interrupted; finished results are on disk" in out and "Traceback" not in out, out
+    assert_no_child_left(tree)
+
+
+def test_sigkill_of_hpload_takes_its_workers_along(tmp_path: Path, reap: list[subprocess.Popen[bytes]]) -> None:
+    # Nothing of hpload runs after a SIGKILL: the workers (and the echo server) go through the parent-death signal,
+    # or they would keep loading the server for the rest of the million requests.
+    scenario = write_scenario(tmp_path, "workers", WORKERS)
+    results, log = tmp_path / "results", tmp_path / "run.log"
+    proc = hpload("run", str(scenario), "--results", str(results), log=log)
+    reap.append(proc)
+    wait_for(lambda: point_in_progress(results, measured=20) is not None, 60, proc, log)
+    workers = loadgen_workers(proc.pid)
+    assert len(workers) == 2, workers
+    left = [*workers, *echo_children(proc.pid)]
+    proc.kill()
+    proc.wait(10)
+    assert_no_child_left(left)
+
+
 TUNE = """
 [load]
 concurrency = 1
