@@ -212,9 +212,14 @@ async def _outcome_for(
     if known is not None:
         return known, True
     # Another machine sharing the study is measuring this very point: wait for its outcome rather than measure
-    # it twice (bounded, in case that machine died mid-trial).
+    # it twice (bounded). That machine may have died mid-trial: its heartbeat stops, and failing stale trials here
+    # ends the wait within a grace period (before, a survivor that drew a dead host's point waited SHARED_WAIT_S,
+    # since stale trials were failed only before an ask).
     deadline = time.monotonic() + SHARED_WAIT_S
-    while time.monotonic() < deadline and await asyncio.to_thread(tuner.measured_elsewhere, proposal):
+    while time.monotonic() < deadline:
+        await asyncio.to_thread(fail_stale, tuner.study)
+        if not await asyncio.to_thread(tuner.measured_elsewhere, proposal):
+            break
         await asyncio.sleep(0.5)
         known = await asyncio.to_thread(tuner.remembered, proposal)
         if known is not None:
