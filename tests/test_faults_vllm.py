@@ -11,6 +11,8 @@ since each costs a vLLM start.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -35,31 +37,43 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
         engines = engine_pids(server.pids())
         assert engines, f"no EngineCore among {server.pids()}"
         snaps: list[Snapshot] = []
-        killed = asyncio.Event()
-        generating = asyncio.Event()  # the raw stream below has its first token
         raws: list[asyncio.Task[None]] = []
-        received: list[str] = []  # the current raw stream's data lines
+        killed = asyncio.Event()
+        under_way = asyncio.Event()
 
         def observe(snap: Snapshot) -> None:
             snaps.append(snap)
-            # The raw stream starts with the load run's first snapshot, not before it: building the run's prompts
-            # (a tokenizer load) can take as long as the whole raw stream on a slow machine.
-            # A raw stream that ended whole before the kill (a fast machine) is followed by another, so one is
-            # always in flight when the engine dies.
-            if not killed.is_set() and (not raws or raws[-1].done()):
-                generating.clear()
-                received.clear()
-                raws.append(asyncio.create_task(_raw_stream(server, generating, received)))
-            # Kill once the run is really under way (a few requests done, more in flight) and the raw stream is
-            # generating with most of its tokens still to come: states, not a guess at how long either takes. What
-            # this client has read lags what the engine has made (the loop is shared with the load run, and the
-            # front end buffers), so "most to come" is a wide margin: a stream the engine had finished at the kill
-            # ends whole, rightly (a fresh clone saw that with 480 tokens and a half-way mark).
-            if (not killed.is_set() and snap.requests_completed >= 3 and generating.is_set() and not raws[-1].done()
-                    and len(received) < RAW_TOKENS // 8):
+            if snap.requests_completed >= 3:  # the run is really under way: a few requests done, more in flight
+                under_way.set()
+
+        async def kill_with_a_stream_open() -> None:
+            # A plain stream open in the engine at the kill, made certain rather than guessed: the engine is frozen
+            # (SIGSTOP) once the stream generates, everything the front end already had is read, and the engine is
+            # killed only if the stream is still open then. What the client has read lags what the engine made
+            # (the loop is shared with the load run, the front end buffers): on a fresh clone a stream counted as
+            # "mostly to come" had been finished in the engine and ended whole after the kill, rightly.
+            await under_way.wait()
+            for _ in range(5):
+                generating, received = asyncio.Event(), []
+                raw = asyncio.create_task(_raw_stream(server, generating, received))
+                raws.append(raw)
+                first = asyncio.create_task(generating.wait())
+                await asyncio.wait([raw, first], return_when=asyncio.FIRST_COMPLETED)
+                first.cancel()
+                for pid in engines:
+                    os.kill(pid, signal.SIGSTOP)
+                seen = -1
+                while len(received) != seen and not raw.done():  # drained: no new line for a second
+                    seen = len(received)
+                    await asyncio.wait([raw], timeout=1.0)
+                if raw.done():  # finished in the engine before the freeze: thaw, and try again
+                    for pid in engines:
+                        os.kill(pid, signal.SIGCONT)
+                    continue
                 for pid in engines:
                     psutil.Process(pid).kill()
                 killed.set()
+                return
 
         target = Target(server.base_url, server.model, label="vllm", tokenizer_path=str(tiny_model))
         workload = WorkloadSpec(input_len=16, max_tokens=32, ignore_eos=True)
@@ -67,14 +81,17 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
         load = LoadSpec(concurrency=4, num_requests=400, connect_timeout_s=5, first_token_timeout_s=60,
                         idle_timeout_s=20)  # fmt: skip
         t0 = time.monotonic()
+        killer = asyncio.create_task(kill_with_a_stream_open())
         result = await asyncio.wait_for(
             run_load(target, workload, load, observer=observe, snapshot_interval_s=0.2), timeout=300
         )
         elapsed = time.monotonic() - t0
+        if not killed.is_set():
+            killer.cancel()
         assert killed.is_set(), "the run ended before the kill"
+        await killer
         raw = raws[-1]
         assert all(r.done() and r.exception() is None for r in raws[:-1]), "a raw stream failed before the kill"
-        assert generating.is_set(), f"the raw stream never generated: {raw.exception() if raw.done() else raw}"
         # The raw stream open at the kill failed: no usage trailer, or an error (status, event, dropped connection).
         with pytest.raises((httpx.HTTPError, StreamFailed)):
             await asyncio.wait_for(raw, timeout=120)
@@ -98,7 +115,7 @@ class StreamFailed(Exception):
     """A 200 stream that carried an error event or ended without its usage trailer."""
 
 
-RAW_TOKENS = 1800  # the tiny model allows 2,048 positions: seconds of generation, not a fraction of one
+RAW_TOKENS = 1800  # the tiny model allows 2,048 positions: seconds of generation, so one freeze nearly always holds it open
 
 
 async def _raw_stream(server: Server, generating: asyncio.Event, received: list[str]) -> None:
