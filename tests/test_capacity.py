@@ -239,6 +239,7 @@ async def test_tui_shows_probes_as_they_come(tmp_path: Path) -> None:
         assert app.error is None and app.records
         assert app.query_one(DataTable).row_count == len(app.records[0]["probes"]) >= 2
         assert "offered rate" in str(app.query_one("#curve").render())
+        assert app.sub_title == scenario.workload.describe() and app.sub_title.startswith("input ")
 
 
 async def test_batching_echo_follows_the_step_model(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ class CapacityApp(App[int]):
     def __init__(self, scenario: Any, results_dir: Path, slo_flags: list[str]) -> None:
         super().__init__()
         self.scenario, self.results_dir, self.slo_flags = scenario, results_dir, slo_flags
+        self.sub_title = scenario.workload.describe()  # what every probe sends, in the header
         self.stop_event = asyncio.Event()
         self.points: dict[str, list[tuple[float, float, bool]]] = {}
         self.capacities: dict[str, float] = {}
@@ -108,6 +109,7 @@ class CapacityApp(App[int]):
         self.query_one("#status", Static).update(
             f"{snap.label}: {snap.phase} {snap.elapsed_s:5.1f} s  sent {snap.requests_started}  done "
             f"{snap.requests_completed}  in flight {snap.in_flight}  p99 ttft {p99}"
+            + (f"  cache hits {snap.cache_hit_fraction:.1%}" if snap.cache_hit_fraction is not None else "")
         )
 
     def _draw(self) -> None:
