@@ -104,6 +104,12 @@ class WorkloadSpec(_Strict):
     stream: bool = True
     """Stream tokens (SSE); needed for ttft, itl and tpot. Off: ttft = e2el, as vLLM's bench client reports."""
 
+    def ideal_hit_fraction(self) -> float:
+        """Shared prefixes: the share of prompt tokens a perfect prefix cache serves when the ``num_prompts``
+        requests are each sent once (every request but the first of its group finds its prefix cached)."""
+        n, g, p, s = self.num_prompts, self.prefix_groups, self.prefix_len, self.suffix_len
+        return max(0, n - g) * p / (n * (p + s))
+
     def describe(self) -> str:
         """What the requests are, in one line for the console and the TUI (lengths in tokens)."""
         name = Path(self.path).name if self.path else ""
@@ -118,10 +124,8 @@ class WorkloadSpec(_Strict):
             think = f", think {self.think_time_s:g} s" if self.think_time_s else ""
             return f"sessions {turns}{think}, output {out}"
         if self.source == "shared_prefix":
-            from hpload.loadgen.traces import ideal_hit_fraction
-
             return (f"shared prefix {self.prefix_groups} groups x {self.prefix_len} + {self.suffix_len} tokens, "
-                    f"output {out} (ideal cache hits {ideal_hit_fraction(self):.0%})")  # fmt: skip
+                    f"output {out} (ideal cache hits {self.ideal_hit_fraction():.0%})")  # fmt: skip
         if self.source in ("jsonl", "humaneval"):
             return f"{self.source} {name}".rstrip() + f", output {out}"
         inp = self.input_dist.describe() if self.input_dist else f"{self.input_len}"

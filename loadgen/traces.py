@@ -278,13 +278,6 @@ def replay_schedule(requests: list[PreparedRequest], load: LoadSpec) -> tuple[li
     return send_offsets(retime([req.at_s or 0.0 for req in requests], load), load, horizon)
 
 
-def ideal_hit_fraction(spec: WorkloadSpec) -> float:
-    """Share of prompt tokens a perfect prefix cache serves for a shared-prefix workload whose ``num_prompts``
-    requests are each sent once: every request but the first of its group finds its prefix cached."""
-    n, g, p, s = spec.num_prompts, spec.prefix_groups, spec.prefix_len, spec.suffix_len
-    return max(0, n - g) * p / (n * (p + s))
-
-
 def shared_prefix(spec: WorkloadSpec, target: Target) -> RequestSet:
     """``num_prompts`` requests; request i belongs to group ``i % prefix_groups``, whose ``prefix_len`` tokens it
     shares, then ``suffix_len`` tokens of its own. Groups interleave, so a cache must hold all G prefixes."""
@@ -301,6 +294,6 @@ def shared_prefix(spec: WorkloadSpec, target: Target) -> RequestSet:
         out.append(maker.request(ids, outs[i] if outs else None))
     out.stats = {
         "prefix_groups": g, "prefix_len": p, "suffix_len": s, "requests": n,
-        "ideal_hit_fraction": ideal_hit_fraction(spec),
+        "ideal_hit_fraction": spec.ideal_hit_fraction(),
     }  # fmt: skip
     return out

@@ -24,7 +24,6 @@ from textual.worker import Worker, WorkerState
 
 from hpload.gpu import GpuSample, GpuTelemetry, describe
 from hpload.loadgen.snapshot import HistogramView, Snapshot
-from hpload.loadgen.traces import ideal_hit_fraction
 from hpload.tui.child import ChildRun
 from hpload.tui.feed import Batch, Feed, PointDone, ServerState
 from hpload.tui.logaxis import LogAxis
@@ -83,7 +82,7 @@ class RunScreen(Screen[None]):
         yield Static("GPU: …", id="gpu")
         with Horizontal(id="panels"):
             workload = self.plan.workload
-            ideal = ideal_hit_fraction(workload) if workload.source == "shared_prefix" else None
+            ideal = workload.ideal_hit_fraction() if workload.source == "shared_prefix" else None
             for key, label in enumerate(self.plan.labels):
                 yield ServerPanel(key, label, ideal)
         yield PointsTable(id="points")
