@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.configure(sub)
     args = sub.parse_args(rest)
     # SIGTERM takes the same orderly path as Ctrl-C: servers are stopped and finished results stay on disk.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:
         return int(module.run(args) or 0)
     except HploadError as err:
@@ -94,8 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _as_ctrl_c(signum: int, frame: object) -> None:
+    # Exactly Ctrl-C's path: inside asyncio.run that is the runner's SIGINT handler, which cancels the main task so
+    # every `finally` runs in order. A KeyboardInterrupt raised here instead lands on whatever line is running; inside
+    # an anyio task group (httpx connecting) it came out wrapped in an exception group, printed as a traceback at
+    # asyncio.run's shutdown (seen with one core busy). Where SIGINT is ignored (a background job of a
+    # non-interactive shell), raising SIGINT would do nothing: SIGTERM then interrupts as before.
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -178,8 +178,8 @@ def _unregister(child: Child) -> None:
 
 
 def _install_hooks() -> None:
-    """atexit always; SIGTERM only where nobody else handles it (``hpload.cli`` turns it into KeyboardInterrupt,
-    whose unwinding stops servers through their context managers and then reaches atexit)."""
+    """atexit always; SIGTERM only where nobody else handles it (``hpload.cli`` turns it into Ctrl-C, whose
+    unwinding stops servers through their context managers and then reaches atexit)."""
     global _hooks_installed
     if _hooks_installed:
         return
