@@ -11,6 +11,7 @@ since each costs a vLLM start.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -131,9 +132,12 @@ async def _raw_stream(server: Server, generating: asyncio.Event, received: list[
                     continue
                 received.append(line)
                 generating.set()
-                if '"error"' in line:
-                    raise StreamFailed("error event inside the stream")
-                if '"usage"' in line:
+                # Parsed, not searched: a random model's token can be the text "error" or "usage", and a chunk
+                # carrying it matched a substring test (a 1,800-token stream did, one core busy, as a failure).
+                event = json.loads(line[len("data: "):])
+                if "error" in event:
+                    raise StreamFailed(f"error event inside the stream: {event['error']}")
+                if event.get("usage"):
                     completed = True
     if not completed:
         raise StreamFailed("stream ended without its usage trailer")
