@@ -48,33 +48,44 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
                 under_way.set()
 
         async def kill_with_a_stream_open() -> None:
-            # A plain stream open in the engine at the kill, made certain rather than guessed: the engine is frozen
-            # (SIGSTOP) once the stream generates, everything the front end already had is read, and the engine is
-            # killed only if the stream is still open then. What the client has read lags what the engine made
-            # (the loop is shared with the load run, the front end buffers): on a fresh clone a stream counted as
-            # "mostly to come" had been finished in the engine and ended whole after the kill, rightly.
+            # A plain stream open in the engine at the kill, made certain rather than guessed. The engine is frozen
+            # (SIGSTOP) before the stream is sent and thawed only for short slices until the client has the stream's
+            # first line, each slice followed by reading everything the front end already had (no new line for
+            # 1 s): the engine then has made a few dozen of the stream's 1,800 tokens at most, and is killed frozen.
+            # Guessing from what the client had read failed twice: the client and the front end both lag the engine
+            # (on a busy machine the front end streamed a request the engine had long finished).
+            def freeze(sig: int) -> None:
+                for pid in engines:
+                    os.kill(pid, sig)
+
+            async def drain(raw: asyncio.Task[None], received: list[str]) -> None:
+                seen = -1
+                while len(received) != seen and not raw.done():
+                    seen = len(received)
+                    await asyncio.wait([raw], timeout=1.0)
+
             await under_way.wait()
             for _ in range(5):
                 generating, received = asyncio.Event(), []
+                freeze(signal.SIGSTOP)
                 raw = asyncio.create_task(_raw_stream(server, generating, received))
                 raws.append(raw)
-                first = asyncio.create_task(generating.wait())
-                await asyncio.wait([raw, first], return_when=asyncio.FIRST_COMPLETED)
-                first.cancel()
-                for pid in engines:
-                    os.kill(pid, signal.SIGSTOP)
-                seen = -1
-                while len(received) != seen and not raw.done():  # drained: no new line for a second
-                    seen = len(received)
-                    await asyncio.wait([raw], timeout=1.0)
-                if raw.done():  # finished in the engine before the freeze: thaw, and try again
-                    for pid in engines:
-                        os.kill(pid, signal.SIGCONT)
+                for _ in range(40):
+                    await drain(raw, received)
+                    if received or raw.done():
+                        break
+                    freeze(signal.SIGCONT)
+                    await asyncio.sleep(0.05)
+                    freeze(signal.SIGSTOP)
+                await drain(raw, received)
+                if raw.done() or not received:  # ended (or never started) before the kill: thaw, try again
+                    freeze(signal.SIGCONT)
                     continue
                 for pid in engines:
                     psutil.Process(pid).kill()
                 killed.set()
                 return
+            freeze(signal.SIGCONT)
 
         target = Target(server.base_url, server.model, label="vllm", tokenizer_path=str(tiny_model))
         workload = WorkloadSpec(input_len=16, max_tokens=32, ignore_eos=True)
