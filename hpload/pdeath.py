@@ -28,13 +28,7 @@ def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
     except (OSError, AttributeError):
         return None
     parent = os.getpid()
-
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-        if os.getppid() != parent:  # hpload died before the signal was armed: it would never come
-            os.kill(os.getpid(), signum)
-
-    return arm
+    return lambda: _arm(prctl, parent, signum)
 
 
 def arm_in_child(parent: int, signum: int = signal.SIGTERM) -> bool:
@@ -46,7 +40,11 @@ def arm_in_child(parent: int, signum: int = signal.SIGTERM) -> bool:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return False
+    _arm(prctl, parent, signum)
+    return True
+
+
+def _arm(prctl: Callable[..., int], parent: int, signum: int) -> None:
     prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the signal was armed: it would never come
         os.kill(os.getpid(), signum)
-    return True

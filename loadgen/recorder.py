@@ -17,7 +17,14 @@ from hpload.loadgen.result import RunResult
 from hpload.loadgen.slo import request_meets
 from hpload.loadgen.snapshot import ClientHealth, Snapshot
 from hpload.loadgen.specs import SLO
-from hpload.loadgen.vocabulary import ALL_METRICS, BOUND_COUNTERS, LATENCY_METRICS, SUM_COUNTERS, merge_counters
+from hpload.loadgen.vocabulary import (
+    ALL_METRICS,
+    BOUND_COUNTERS,
+    LATENCY_METRICS,
+    SUM_COUNTERS,
+    cache_hit_fraction,
+    merge_counters,
+)
 
 _VIEW_METRICS = ("ttft", "itl", "tpot", "e2el")
 # the server's per-request timings ride along only where the server gives them (they have no count otherwise)
@@ -149,8 +156,7 @@ class Recorder:
             interval_metrics={m: self.interval[m].summary() for m in LATENCY_METRICS if self.interval[m].count},
             histograms={m: self.cum[m].view() for m in _VIEW_METRICS if self.cum[m].count},
             health=health,
-            cache_hit_fraction=(c["cached_prompt_tokens"] / c["cached_reported_prompt_tokens"]
-                                if c["cached_reported"] and c["cached_reported_prompt_tokens"] else None),  # fmt: skip
+            cache_hit_fraction=cache_hit_fraction(c),
         )
         for h in self.cum.values():
             h.flush()  # schedule metrics are not in the snapshot, but their buffers must not grow

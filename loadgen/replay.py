@@ -14,6 +14,7 @@ import numpy as np
 
 from hpload.loadgen.lengths import summarize
 from hpload.loadgen.result import RunResult
+from hpload.loadgen.vocabulary import cache_hit_fraction
 
 if TYPE_CHECKING:  # workload builds sessions, whose run is a LoadRun, which attaches these stats
     from hpload.loadgen.prepared import PreparedRequest
@@ -82,7 +83,7 @@ def _prefix_cache(result: RunResult) -> dict[str, Any] | None:
     return {
         "cached_tokens": int(cached),
         "prompt_tokens": int(prompt),
-        "hit_fraction": cached / prompt if prompt else None,
+        "hit_fraction": cache_hit_fraction(c),
     }
 
 

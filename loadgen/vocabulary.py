@@ -253,6 +253,13 @@ SUM_COUNTERS = (
 BOUND_COUNTERS: dict[str, Callable[[float, float], float]] = {"first_send_ns": min, "last_done_ns": max}
 
 
+def cache_hit_fraction(counters: Mapping[str, float]) -> float | None:
+    """Share of prompt tokens the server says it served from its prefix cache, over the replies that reported it;
+    None where none did."""
+    prompt = counters.get("cached_reported_prompt_tokens", 0)
+    return counters.get("cached_prompt_tokens", 0) / prompt if counters.get("cached_reported") and prompt else None
+
+
 def merge_counters(into: MutableMapping[str, float], part: Mapping[str, float]) -> None:
     """Fold one worker's (or one delta's) counters into ``into``: sums add, bounds take min/max. The one rule used
     by live deltas (Recorder.absorb) and by final results (RunResult.merge)."""

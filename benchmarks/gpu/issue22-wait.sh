@@ -1,14 +1,5 @@
 #!/usr/bin/env bash
-# On the device, in every polling call after issue22.sh was launched: waits up to LIMIT seconds for it to end, prints
-# the log's tail, and puts everything it has so far into $OUT (each call, so a machine that goes away loses nothing
-# already measured).
+# On the device, in every polling call after issue22.sh was launched: issue21-wait.sh for /root/i22 (waits up to
+# LIMIT seconds for the run to end, prints the log's tail, puts everything so far into $OUT/i22.tgz).
 #   bash /root/hpsrc/benchmarks/gpu/issue22-wait.sh [LIMIT_S=540] [TAIL_LINES=60]
-limit=${1:-540}
-t=$(date +%s)
-while [ $(( $(date +%s) - t )) -lt "$limit" ]; do
-  grep -q "ALL DONE" /root/run.log 2>/dev/null && break
-  sleep 5
-done
-tail -n "${2:-60}" /root/run.log
-tar czf "$OUT/i22.tgz" -C /root i22 run.log 2>/dev/null
-ls -la "$OUT"
+exec bash "$(dirname "$0")/issue21-wait.sh" "${1:-540}" "${2:-60}" i22
