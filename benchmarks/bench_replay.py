@@ -101,7 +101,8 @@ def main() -> None:
     if args.role == "client":
         role_client(args)
         return
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared with other engineers);"
+    print(f"machine: {os.cpu_count()} cores, 1-min load average {os.getloadavg()[0]:.1f} before"
+          f" the runs (other work on the machine delays the client);"
           f" echo on core {SERVER_CORE}, client on core {CLIENT_CORE}; trace gamma shape {args.shape}")  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
