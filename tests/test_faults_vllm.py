@@ -54,7 +54,7 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
             # 1 s): the engine then has made a few dozen of the stream's 1,800 tokens at most, and is killed frozen.
             # Guessing from what the client had read failed twice: the client and the front end both lag the engine
             # (on a busy machine the front end streamed a request the engine had long finished).
-            def freeze(sig: int) -> None:
+            def signal_engines(sig: int) -> None:
                 for pid in engines:
                     os.kill(pid, sig)
 
@@ -66,26 +66,26 @@ async def test_vllm_engine_killed_mid_run(tiny_model: Path, tmp_path: Path) -> N
 
             await under_way.wait()
             for _ in range(5):
-                generating, received = asyncio.Event(), []
-                freeze(signal.SIGSTOP)
-                raw = asyncio.create_task(_raw_stream(server, generating, received))
+                received: list[str] = []
+                signal_engines(signal.SIGSTOP)
+                raw = asyncio.create_task(_raw_stream(server, received))
                 raws.append(raw)
                 for _ in range(40):
                     await drain(raw, received)
                     if received or raw.done():
                         break
-                    freeze(signal.SIGCONT)
+                    signal_engines(signal.SIGCONT)
                     await asyncio.sleep(0.05)
-                    freeze(signal.SIGSTOP)
+                    signal_engines(signal.SIGSTOP)
                 await drain(raw, received)
                 if raw.done() or not received:  # ended (or never started) before the kill: thaw, try again
-                    freeze(signal.SIGCONT)
+                    signal_engines(signal.SIGCONT)
                     continue
                 for pid in engines:
                     psutil.Process(pid).kill()
                 killed.set()
                 return
-            freeze(signal.SIGCONT)
+            signal_engines(signal.SIGCONT)
 
         target = Target(server.base_url, server.model, label="vllm", tokenizer_path=str(tiny_model))
         workload = WorkloadSpec(input_len=16, max_tokens=32, ignore_eos=True)
@@ -130,7 +130,7 @@ class StreamFailed(Exception):
 RAW_TOKENS = 1800  # the tiny model allows 2,048 positions: seconds of generation, so one freeze nearly always holds it open
 
 
-async def _raw_stream(server: Server, generating: asyncio.Event, received: list[str]) -> None:
+async def _raw_stream(server: Server, received: list[str]) -> None:
     """One long streamed chat request read as any OpenAI client reads it; raises if it fails, returns if whole."""
     body = {"model": server.model, "messages": [{"role": "user", "content": "import os"}], "max_tokens": RAW_TOKENS,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
@@ -142,7 +142,6 @@ async def _raw_stream(server: Server, generating: asyncio.Event, received: list[
                 if not line.startswith("data: {"):
                     continue
                 received.append(line)
-                generating.set()
                 # Parsed, not searched: a random model's token can be the text "error" or "usage", and a chunk
                 # carrying it matched a substring test (a 1,800-token stream did, one core busy, as a failure).
                 event = json.loads(line[len("data: "):])
